@@ -1,0 +1,127 @@
+"""MultiModalConfig: the architecture and the labels of a classifier, nothing about training."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+MODALITIES = ("fusion", "image", "text")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MultiModalConfig(PreTrainedConfig):
+    """Configuration of :class:`~mm_classifier.MultiModalClassifier`.
+
+    Args:
+        modality: ``"fusion"`` (photo and caption), ``"image"`` or ``"text"``.
+        backbone: timm model name of the image encoder.
+        backbone_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``{"pad_type": "same"}`` for
+            weights converted from TensorFlow).
+        image_size: side of the square input image, in pixels.
+        image_mean, image_std: per-channel normalisation on the 0..1 scale (must match the backbone's weights).
+        image_embed_dim: size of the image embedding after the projection on the pooled backbone features.
+        vocab_size, pad_token_id, max_length: of the word-level tokenizer.
+        word_embed_dim, lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the text encoder.
+        text_embed_dim: size of the text embedding after the projection of the pooled LSTM states.
+        fusion_hidden_sizes: hidden layer sizes of the classifier on the (concatenated) embeddings.
+        dropout: dropout before each projection and hidden layer.
+        modality_dropout: in training, the probability that a fusion model loses its photo (and, separately,
+            its caption) for an example, so it learns to predict from either one alone.
+        thresholds: one decision threshold per concept (default 0.5 each; training tunes them).
+        pos_weight: optional per-concept positive weights of the BCE loss.
+        id2label: concept names by index (sets the number of outputs).
+        concept_words, min_votes: how labels were mined from captions (concept -> words; votes needed), so
+            evaluation on new data labels pairs the same way.
+    """
+
+    model_type = "mm_classifier"
+
+    modality: str = "fusion"
+    backbone: str = "mobilenetv2_100"
+    backbone_kwargs: dict | None = None
+    image_size: int = 224
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    image_embed_dim: int = 256
+    vocab_size: int = 5000
+    pad_token_id: int = 0
+    max_length: int = 32
+    word_embed_dim: int = 128
+    lstm_hidden_size: int = 128
+    lstm_num_layers: int = 1
+    lstm_bidirectional: bool = True
+    text_embed_dim: int = 256
+    fusion_hidden_sizes: list[int] | tuple[int, ...] = (256,)
+    dropout: float = 0.3
+    modality_dropout: float = 0.0
+    thresholds: list[float] | None = None
+    pos_weight: list[float] | None = None
+    concept_words: dict | None = None
+    min_votes: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        self.label2id = {name: index for index, name in self.id2label.items()}
+        self.problem_type = "multi_label_classification"
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.image_mean = [float(v) for v in self.image_mean]
+        self.image_std = [float(v) for v in self.image_std]
+        self.fusion_hidden_sizes = [int(v) for v in self.fusion_hidden_sizes]
+        if self.thresholds is None:
+            self.thresholds = [0.5] * self.num_labels
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field, value, expected):
+            raise ValueError(f"MultiModalConfig.{field} = {value!r} is invalid: expected {expected}.")
+
+        if self.modality not in MODALITIES:
+            fail("modality", self.modality, f"one of {MODALITIES}")
+        if not isinstance(self.backbone, str) or not self.backbone:
+            fail("backbone", self.backbone, "a timm model name")
+        for field in ("image_size", "image_embed_dim", "vocab_size", "max_length", "word_embed_dim",
+                      "lstm_hidden_size", "lstm_num_layers", "text_embed_dim"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(field, value, "a positive integer")
+        if self.image_size < 16:
+            fail("image_size", self.image_size, "at least 16 pixels")
+        for field in ("image_mean", "image_std"):
+            value = getattr(self, field)
+            if len(value) != 3 or (field == "image_std" and min(value) <= 0):
+                fail(field, value, "three numbers (standard deviations > 0)")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
+        if any(h < 1 for h in self.fusion_hidden_sizes):
+            fail("fusion_hidden_sizes", self.fusion_hidden_sizes, "positive layer sizes")
+        for field in ("dropout", "modality_dropout"):
+            value = getattr(self, field)
+            if not 0 <= value < 1:
+                fail(field, value, "a probability in [0, 1)")
+        if len(self.thresholds) != self.num_labels or not all(0 <= t <= 1 for t in self.thresholds):
+            fail("thresholds", self.thresholds, f"{self.num_labels} numbers in [0, 1], one per concept")
+        self.thresholds = [float(t) for t in self.thresholds]
+        if self.pos_weight is not None and (
+            len(self.pos_weight) != self.num_labels or not all(w > 0 for w in self.pos_weight)
+        ):
+            fail("pos_weight", self.pos_weight, f"{self.num_labels} positive numbers, one per concept")
+        if self.concept_words is not None and set(self.concept_words) != set(self.id2label.values()):
+            fail("concept_words", sorted(self.concept_words), f"words for exactly the concepts {self.concepts}")
+        if isinstance(self.min_votes, bool) or not isinstance(self.min_votes, int) or self.min_votes < 1:
+            fail("min_votes", self.min_votes, "a positive integer")
+        if len(set(self.id2label.values())) != len(self.id2label):
+            fail("id2label", self.id2label, "unique concept names")
+
+    @property
+    def concepts(self) -> list[str]:
+        """Concept names in output order."""
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def uses_image(self) -> bool:
+        return self.modality in ("fusion", "image")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.modality in ("fusion", "text")

@@ -1,0 +1,176 @@
+"""The built-in sample: synthetic scenes with captions, written in the Kaggle layout and cached.
+
+Designed so that both modalities matter: everything in a scene is drawn, but men and women (and boys and
+girls) are drawn alike, so only a caption tells them apart; each caption in turn names the ground and each
+object only with probability ``MENTION_PROBABILITY``, so only the photo shows everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+SAMPLE_VERSION = 3
+NUM_PHOTOS = 1600
+IMAGE_SIZE = 64
+CAPTIONS_PER_PHOTO = 5
+MENTION_PROBABILITY = 0.75
+
+GROUNDS = {  # concept -> (colour, words a caption uses)
+    "grass": ((120, 190, 80), ["on the grass", "on a lawn", "on green grass"]),
+    "snow": ((235, 238, 245), ["in the snow", "on snowy ground", "in deep snow"]),
+    "water": ((40, 90, 200), ["in the water", "by the lake", "in a river"]),
+    "beach": ((225, 200, 130), ["on the beach", "on the sand", "at the beach"]),
+}
+PEOPLE = {  # concept -> (adult?, words)
+    "man": (True, ["man", "guy", "gentleman"]),
+    "woman": (True, ["woman", "lady"]),
+    "boy": (False, ["boy", "young boy"]),
+    "girl": (False, ["girl", "little girl"]),
+}
+OBJECTS = {  # concept -> words (drawn by _draw_object)
+    "dog": ["a dog", "a puppy", "a brown dog"],
+    "ball": ["a ball", "a red ball"],
+    "bike": ["a bike", "a bicycle"],
+    "tree": ["a tree", "a tall tree"],
+    "car": ["a car", "a parked car", "a truck"],
+}
+# Shirts never take an object's colour, so a colour seen in a photo points to one concept.
+SHIRT_COLOURS = ["yellow", "black", "white", "purple", "teal", "navy"]
+VERBS = ["is standing", "is playing", "is walking", "poses", "is waiting", "is resting"]
+PLURAL_VERBS = ["are standing", "are playing", "are walking", "pose", "are waiting"]
+RGB = {
+    "yellow": (230, 210, 40), "black": (20, 20, 20), "white": (250, 250, 250), "purple": (120, 40, 160),
+    "teal": (0, 140, 140), "navy": (20, 20, 90),
+}
+
+
+def sample_folder(seed: int = 0, num_photos: int = NUM_PHOTOS, root: Path | None = None) -> Path:
+    """Return the sample's folder, generating it on first use (a few seconds)."""
+    from .data import cache_root  # late import: data imports this module lazily too
+
+    folder = (root or cache_root()) / f"sample-v{SAMPLE_VERSION}-seed{seed}-n{num_photos}"
+    if not (folder / "captions.txt").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Generate next to the target, then rename: a killed run never leaves a half-written sample behind.
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+        try:
+            generate_sample(tmp, seed=seed, num_photos=num_photos)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process won the race; its copy is identical
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def generate_sample(folder: Path, seed: int = 0, num_photos: int = NUM_PHOTOS) -> None:
+    """Write ``images/*.png`` and ``captions.txt`` for ``num_photos`` synthetic scenes, deterministically."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with open(folder / "captions.txt", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        for index in range(num_photos):
+            scene = _random_scene(rng)
+            name = f"scene_{index:05d}.png"
+            _draw_scene(scene, rng).save(folder / "images" / name)
+            for _ in range(CAPTIONS_PER_PHOTO):
+                writer.writerow([name, _caption(scene, rng)])
+
+
+def _random_scene(rng: random.Random) -> dict:
+    people = [rng.choice(list(PEOPLE)) for _ in range(rng.choice([1, 1, 2]))]
+    objects = rng.sample(list(OBJECTS), rng.choice([1, 2]))
+    return {
+        "ground": rng.choice(list(GROUNDS)),
+        "people": [(p, rng.choice(SHIRT_COLOURS)) for p in people],
+        "objects": objects,
+    }
+
+
+def _draw_scene(scene: dict, rng: random.Random) -> Image.Image:
+    s = IMAGE_SIZE
+    image = Image.new("RGB", (s, s), (150 + rng.randint(-20, 20), 200 + rng.randint(-20, 20), 240))
+    draw = ImageDraw.Draw(image)
+    horizon = rng.randint(s // 3, s // 2)
+    draw.rectangle([0, horizon, s, s], fill=_jitter(GROUNDS[scene["ground"]][0], rng))
+    # Left-to-right slots keep things from hiding each other.
+    things = [("object", o) for o in scene["objects"]] + [("person", p) for p in scene["people"]]
+    rng.shuffle(things)
+    width = s // len(things)
+    for slot, (kind, what) in enumerate(things):
+        x = slot * width + width // 2 + rng.randint(-2, 2)
+        y = rng.randint(horizon + 8, s - 2)  # feet / bottom
+        if kind == "person":
+            concept, shirt = what
+            _draw_person(draw, x, y, adult=PEOPLE[concept][0], shirt=RGB[shirt], rng=rng)
+        else:
+            _draw_object(draw, what, x, y, rng)
+    return image
+
+
+def _jitter(colour, rng, amount=12):
+    return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)
+
+
+def _draw_person(draw, x, y, adult, shirt, rng):
+    h = rng.randint(34, 40) if adult else rng.randint(20, 24)
+    head = max(3, h // 6)
+    skin = _jitter((230, 190, 160), rng, 20)
+    draw.line([x - 3, y, x - 2, y - h // 2], fill=(30, 30, 60), width=3)  # legs
+    draw.line([x + 3, y, x + 2, y - h // 2], fill=(30, 30, 60), width=3)
+    draw.rectangle([x - 5, y - h // 2 - h // 3, x + 5, y - h // 2], fill=shirt)  # body
+    draw.ellipse([x - head, y - h, x + head, y - h + 2 * head], fill=skin)
+
+
+def _draw_object(draw, concept, x, y, rng):
+    # Objects fill a good part of a 64 px photo: small ones vanish in a CNN's global pooling.
+    if concept == "dog":
+        colour = _jitter((130, 75, 30), rng, 12)
+        draw.ellipse([x - 11, y - 13, x + 7, y - 5], fill=colour)
+        draw.ellipse([x + 4, y - 18, x + 12, y - 10], fill=colour)
+        for dx in (-9, -5, 1, 5):
+            draw.line([x + dx, y - 6, x + dx, y], fill=colour, width=2)
+    elif concept == "ball":
+        r = rng.randint(6, 7)
+        draw.ellipse([x - r, y - 2 * r, x + r, y], fill=_jitter((230, 20, 20), rng, 15))
+    elif concept == "bike":
+        for cx in (x - 7, x + 7):
+            draw.ellipse([cx - 6, y - 12, cx + 6, y], outline=(20, 20, 20), width=2)
+        draw.line([x - 7, y - 6, x, y - 14, x + 7, y - 6], fill=_jitter((220, 0, 220), rng, 20), width=3)
+    elif concept == "tree":
+        draw.rectangle([x - 2, y - 16, x + 2, y], fill=(60, 60, 60))
+        draw.ellipse([x - 11, y - 38, x + 11, y - 14], fill=_jitter((15, 80, 25), rng, 8))
+    elif concept == "car":
+        colour = _jitter((175, 175, 185), rng, 10)
+        draw.rectangle([x - 13, y - 12, x + 13, y - 4], fill=colour)
+        draw.rectangle([x - 7, y - 18, x + 6, y - 12], fill=colour)
+        for cx in (x - 7, x + 7):
+            draw.ellipse([cx - 3, y - 6, cx + 3, y], fill=(10, 10, 10))
+
+
+def _caption(scene: dict, rng: random.Random) -> str:
+    # People are always named (they are the subject); ground and objects only sometimes.
+    people = []
+    for concept, shirt in scene["people"]:
+        word = rng.choice(PEOPLE[concept][1])
+        phrase = f"a {word}" + (f" dressed in {shirt}" if rng.random() < 0.4 else "")
+        people.append(phrase)
+    subject = " and ".join(people)
+    verb = rng.choice(PLURAL_VERBS if len(people) > 1 else VERBS)
+    objects = [rng.choice(OBJECTS[o]) for o in scene["objects"] if rng.random() < MENTION_PROBABILITY]
+    parts = [subject, verb]
+    if objects:
+        parts.append(rng.choice(["with", "near", "next to", "beside"]) + " " + " and ".join(objects))
+    if rng.random() < MENTION_PROBABILITY:
+        parts.append(rng.choice(GROUNDS[scene["ground"]][1]))
+    caption = " ".join(parts)
+    return caption[0].upper() + caption[1:] + rng.choice([" .", ".", ""])
