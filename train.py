@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     run.add_argument("--preprocessing-num-proc", type=int, default=min(2, os.cpu_count() or 1))
     run.add_argument("--skip-report", action="store_true", help="do not write outputs/report.md")
+    run.add_argument("--kill-after-checkpoint", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -176,6 +178,11 @@ def prepare_data(args, accelerator):
         if args.max_train_samples:
             photos["train"] = photos["train"].select(range(min(args.max_train_samples, len(photos["train"]))))
         pairs = to_pairs(photos, min_votes=args.min_votes, num_concepts=args.num_concepts, lexicon=lexicon)
+    # The split that outputs/report.md evaluates, by its name in load_flickr8k.
+    report_split = "test"
+    if len(photos["test"]) == 0 and len(photos["validation"]) > 0:
+        photos, pairs = hold_out_validation(photos, pairs, args.seed, accelerator)
+        report_split = "validation"
     concepts = pairs["train"].features["labels"].feature.names
     for split in ("train", "validation", "test"):
         if len(photos[split]) == 0:
@@ -197,7 +204,30 @@ def prepare_data(args, accelerator):
             ),
             "captions": table["caption"],
         }
-    return {"splits": splits, "concepts": concepts, "tokenizer": tokenizer, "lexicon": lexicon}
+    return {
+        "splits": splits, "concepts": concepts, "tokenizer": tokenizer, "lexicon": lexicon, "report_split": report_split,
+    }
+
+
+def hold_out_validation(photos, pairs, seed: int, accelerator, fraction: float = 1 / 7):
+    """When the test photos are withheld (as in copies that ship only train + dev), the dev split becomes the
+    test split and a seeded 1/7 of the training photos becomes the validation split (still split by photo)."""
+    import datasets
+
+    names = sorted(photos["train"]["image_id"])
+    held_out = set(np.random.default_rng(seed).permutation(names)[: max(1, round(fraction * len(names)))].tolist())
+    accelerator.print(
+        f"The test split is empty (withheld): the official validation split ({len(photos['validation'])} photos) "
+        f"serves as the test split, and {len(held_out)} training photos as the validation split."
+    )
+    new_photos, new_pairs = {}, {}
+    for name, table in (("photos", photos), ("pairs", pairs)):
+        target = new_photos if name == "photos" else new_pairs
+        in_held_out = [i in held_out for i in table["train"]["image_id"]]
+        target["train"] = table["train"].select([r for r, h in enumerate(in_held_out) if not h])
+        target["validation"] = table["train"].select([r for r, h in enumerate(in_held_out) if h])
+        target["test"] = table["validation"]
+    return datasets.DatasetDict(new_photos), datasets.DatasetDict(new_pairs)
 
 
 def photo_rows(pairs: Rows, num_photos: int) -> Rows:
@@ -354,7 +384,8 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         train_rows = photo_rows(train_rows, len(data["splits"]["train"]["photos"]))
     generator = torch.Generator().manual_seed(args.seed)
     train_dl = torch.utils.data.DataLoader(
-        train_rows, batch_size=args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers
+        train_rows, batch_size=args.batch_size, shuffle=True, generator=generator, num_workers=args.num_workers,
+        drop_last=len(train_rows) > args.batch_size,  # a batch of one breaks batch norm on a trainable backbone
     )
     eval_dls = {
         split: torch.utils.data.DataLoader(data["splits"][split]["pairs"], batch_size=args.batch_size * 2)
@@ -403,6 +434,9 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
             disable=not accelerator.is_local_main_process, initial=state.step_in_epoch, total=len(train_dl),
         )
         for batch in progress:
+            # Dropout, modality dropout and flips draw from a generator seeded by the step, so a resumed run
+            # makes the same draws as an uninterrupted one.
+            torch.manual_seed(args.seed * 1_000_003 + state.global_step * 101 + accelerator.process_index)
             with accelerator.accumulate(model):
                 output = model(**batch_inputs(batch, unwrapped, tables.get("train"), processor, uses_stem, True))
                 accelerator.backward(output.loss)
@@ -417,6 +451,8 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
                     state.train_seconds += time.perf_counter() - epoch_started
                     epoch_started = time.perf_counter()
                     save_checkpoint(accelerator, stage_dir, state)
+                    if args.kill_after_checkpoint == state.global_step:  # tests: a crash right after a checkpoint
+                        os.kill(os.getpid(), signal.SIGKILL)
         state.train_seconds += time.perf_counter() - epoch_started
         probs, targets, val_loss = predict_rows(model, val_dl, tables.get("validation"), processor, uses_stem, accelerator, "validating")
         metrics = compute_metrics(probs, targets, 0.5, data["concepts"])
@@ -519,7 +555,8 @@ def main(argv=None) -> int:
             trained[stage] = train_stage(stage, args, data, accelerator, stage_dir, trained)
         if not args.modality and not args.skip_report and accelerator.is_main_process:
             report = write_pipeline_report(
-                args.output_dir, {s: args.output_dir / s for s in stages}, args.dataset, seed=args.seed
+                args.output_dir, {s: args.output_dir / s for s in stages}, args.dataset, seed=args.seed,
+                split=data["report_split"],
             )
             accelerator.print(f"Comparison of the three models: {report}")
         accelerator.end_training()

@@ -287,7 +287,9 @@ def render_report(result: dict, rows: dict[str, dict], title: str | None = None)
     return "\n".join(lines)
 
 
-def write_pipeline_report(output_dir: Path, stage_dirs: dict[str, Path], dataset: str, seed: int = 0) -> Path:
+def write_pipeline_report(
+    output_dir: Path, stage_dirs: dict[str, Path], dataset: str, seed: int = 0, split: str = "test"
+) -> Path:
     """``outputs/report.md``: the fusion model, its ablations and the image-only and text-only models, side by side."""
     fusion = stage_dirs.get("fusion")
     others = [stage_dirs[s] for s in ("image", "text") if s in stage_dirs]
@@ -296,7 +298,7 @@ def write_pipeline_report(output_dir: Path, stage_dirs: dict[str, Path], dataset
     else:
         main = fusion
     evaluate_model(
-        main, dataset, "test", output_dir, compare=others, seed=seed,
+        main, dataset, split, output_dir, compare=others, seed=seed,
         title="Image-only, text-only and fusion models compared",
     )
     timing = ["", "## Training time", "", "| model | best epoch | epochs run | training s | stage s |", "|---|---:|---:|---:|---:|"]

@@ -130,6 +130,8 @@ class Predictor:
         """
         images = _as_list(images)
         captions = _as_list(captions)
+        if not images and not captions:
+            raise MMClassifierError("Give a photo, a caption, or both: none was given.")
         if images is not None and captions is not None and len(captions) == 1 and len(images) > 1:
             captions = captions * len(images)
         if images is not None and captions is not None and len(images) != len(captions):

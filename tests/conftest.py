@@ -1,0 +1,50 @@
+"""Shared fixtures: offline environment, a private cache, tiny data sets and one tiny trained model."""
+
+import os
+import sys
+from pathlib import Path
+
+# Before any Hugging Face import: tests never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY_TRAIN_ARGS = [
+    "--no-pretrained", "--backbone", "test_efficientnet", "--image-size", "32", "--batch-size", "16",
+    "--epochs", "2", "--preprocessing-num-proc", "1",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Sample and feature caches live in a temporary folder, never in the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("mm_cache")
+    os.environ["MM_CLASSIFIER_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A Kaggle-layout folder of 60 synthetic scenes (the sample's generator, smaller)."""
+    from mm_classifier.sample import generate_sample
+
+    folder = tmp_path_factory.mktemp("tiny_kaggle")
+    generate_sample(folder, seed=3, num_photos=60)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_folder):
+    """A fusion model trained for two epochs on the tiny folder through train.main (seconds)."""
+    import train
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(out), "--modality", "fusion",
+                       *TINY_TRAIN_ARGS]) == 0
+    return out

@@ -1,0 +1,166 @@
+import csv
+import shutil
+import time
+import warnings
+
+import datasets
+import pytest
+from PIL import Image
+
+from mm_classifier import DataWarning, MMClassifierError, load_flickr8k, to_pairs
+from mm_classifier.sample import generate_sample
+
+
+def write_kaggle(folder, photos, extra_rows=()):
+    """photos: name -> list of captions; each gets a small JPEG."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with open(folder / "captions.txt", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption"])
+        for name, captions in photos.items():
+            Image.new("RGB", (20, 16), (10 * len(name) % 255, 80, 120)).save(folder / "images" / name)
+            for caption in captions:
+                writer.writerow([name, caption])
+        for row in extra_rows:
+            f.write(row + "\n")
+
+
+def five(word):
+    return [f"A {word} on the beach, near the water", f"a {word}", f"the {word} plays", f"{word} and grass", "x"]
+
+
+def test_kaggle_layout_with_quoted_commas_and_seeded_split(tmp_path):
+    write_kaggle(tmp_path, {f"p{i}.jpg": five("dog") for i in range(16)})
+    photos = load_flickr8k(tmp_path)
+    assert set(photos) == {"train", "validation", "test"}
+    assert [len(photos[s]) for s in ("train", "validation", "test")] == [12, 2, 2]
+    row = photos["train"][0]
+    assert isinstance(row["image"], Image.Image) and len(row["captions"]) == 5
+    assert row["captions"][0] == "A dog on the beach, near the water"
+    assert isinstance(photos["train"].features["image"], datasets.Image)
+    # The split depends on the seed only.
+    assert list(load_flickr8k(tmp_path, seed=0)["test"]["image_id"]) == list(photos["test"]["image_id"])
+    assert list(load_flickr8k(tmp_path, seed=1)["train"]["image_id"]) != list(photos["train"]["image_id"])
+
+
+def test_original_layout_with_split_lists_missing_photos_and_bogus_entry(tmp_path):
+    (tmp_path / "Flicker8k_Dataset").mkdir()
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (20, 16)).save(tmp_path / "Flicker8k_Dataset" / f"p{i}.jpg")
+        lines += [f"p{i}.jpg#{n}\ta dog number {n}" for n in range(5)]
+    lines += ["2258277193_586949ec62.jpg.1#0\tA bogus entry", "garbage line without tab", "p9.jpg#0\tno such photo"]
+    (tmp_path / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("p0.jpg\np1.jpg\np2.jpg\n")
+    (tmp_path / "Flickr_8k.devImages.txt").write_text("p3.jpg\n")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("p4.jpg\nwithheld.jpg\n")
+    with pytest.warns(DataWarning) as record:
+        photos = load_flickr8k(tmp_path)
+    assert [list(photos[s]["image_id"]) for s in ("train", "validation", "test")] == [
+        ["p0.jpg", "p1.jpg", "p2.jpg"], ["p3.jpg"], ["p4.jpg"]]
+    message = str(record[0].message)
+    assert len(record) == 1  # one summary warning
+    assert "1 listed in Flickr_8k.testImages.txt but missing" in message
+    assert "1 malformed caption line" in message
+    assert "2 captions for a missing photo" in message  # the bogus .jpg.1 entry and p9.jpg
+    assert "1 photo in no split list" in message  # p5.jpg
+
+
+def test_bad_photos_are_skipped_and_counted(tmp_path):
+    write_kaggle(tmp_path, {f"ok{i}.jpg": five("dog") for i in range(8)}, extra_rows=["ghost.jpg,a caption", ",", "broken"])
+    (tmp_path / "images" / "notimage.jpg").write_bytes(b"hello")
+    good = (tmp_path / "images" / "ok0.jpg").read_bytes()
+    (tmp_path / "images" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    Image.new("RGB", (10, 10)).save(tmp_path / "images" / "nocaption.jpg")
+    with open(tmp_path / "captions.txt", "a") as f:
+        f.write("notimage.jpg,a dog\ntruncated.jpg,a dog\n")
+    with pytest.warns(DataWarning, match="2 unreadable or corrupt photo") as record:
+        photos = load_flickr8k(tmp_path)
+    message = str(record[0].message)
+    assert "1 captions for a missing photo" in message and "1 photo without captions" in message
+    assert "2 malformed caption line" in message
+    names = sum((list(photos[s]["image_id"]) for s in photos), [])
+    assert sorted(names) == [f"ok{i}.jpg" for i in range(8)]
+
+
+def test_errors_when_nothing_usable(tmp_path):
+    with pytest.raises(MMClassifierError, match="does not exist"):
+        load_flickr8k(tmp_path / "nope")
+    with pytest.raises(MMClassifierError, match="holds no Flickr8k data"):
+        load_flickr8k(tmp_path)
+    (tmp_path / "captions.txt").write_text("image,caption\n")
+    with pytest.raises(MMClassifierError, match="no photo folder"):
+        load_flickr8k(tmp_path)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(MMClassifierError, match="No usable photo"):
+        load_flickr8k(tmp_path)
+
+
+def test_splits_are_disjoint_by_photo(tiny_folder):
+    photos = load_flickr8k(tiny_folder)
+    ids = [set(photos[s]["image_id"]) for s in ("train", "validation", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    pairs = to_pairs(photos)
+    for split in pairs:
+        assert set(pairs[split]["image_id"]) == set(photos[split]["image_id"])
+
+
+def test_pairs_carry_leave_one_out_labels_and_concept_names(tmp_path):
+    write_kaggle(tmp_path, {f"p{i}.jpg": five("dog") for i in range(8)})
+    photos = load_flickr8k(tmp_path)
+    pairs = to_pairs(photos, ["dog", "beach", "water", "grass"])
+    names = pairs["train"].features["labels"].feature.names
+    assert names == ["dog", "beach", "water", "grass"]
+    first = pairs["train"].select(range(5))
+    assert list(first["caption"]) == five("dog")
+    # dog in 4 captions: everyone; beach/water/grass each in one caption: nobody reaches 2 other votes.
+    assert [sorted(l) for l in first["labels"]] == [[0]] * 5
+    with pytest.raises(MMClassifierError, match="Unknown concepts"):
+        to_pairs(photos, ["dog", "unicorn"])
+
+
+def test_mined_concepts_come_from_training_split(tiny_folder):
+    pairs = to_pairs(load_flickr8k(tiny_folder), num_concepts=3)
+    assert len(pairs["train"].features["labels"].feature.names) == 3
+
+
+def test_hub_layout_through_load_dataset_with_a_local_parquet_stand_in(tmp_path):
+    image = Image.new("RGB", (12, 12), "red")
+    rows = {"image": [image] * 3, **{f"caption_{i}": [f"a dog {i}", "a dog", "", "dogs", "x"][i : i + 1] * 3 for i in range(5)}}
+    stand_in = tmp_path / "hub_copy"
+    stand_in.mkdir()
+    for split in ("train", "validation", "test"):
+        ds = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image())
+        ds.to_parquet(stand_in / f"{split}-00000-of-00001.parquet")
+    photos = load_flickr8k(stand_in)
+    assert len(photos["train"]) == 3
+    assert photos["train"][0]["captions"] == ["a dog 0", "a dog", "dogs", "x"]  # empty caption dropped
+    assert photos["train"][0]["image"].size == (12, 12)
+    pairs = to_pairs(photos, ["dog"])
+    assert len(pairs["train"]) == 12
+
+
+def test_hub_id_fails_fast_offline():
+    started = time.perf_counter()
+    with pytest.raises(MMClassifierError, match="Offline"):
+        load_flickr8k("someone/flickr8k-that-is-not-cached")
+    assert time.perf_counter() - started < 30
+
+
+def test_sample_is_deterministic_and_loads_through_the_folder_path(tmp_path):
+    generate_sample(tmp_path / "a", seed=5, num_photos=12)
+    generate_sample(tmp_path / "b", seed=5, num_photos=12)
+    assert (tmp_path / "a" / "captions.txt").read_text() == (tmp_path / "b" / "captions.txt").read_text()
+    for name in ("scene_00000.png", "scene_00011.png"):
+        assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
+    generate_sample(tmp_path / "c", seed=6, num_photos=12)
+    assert (tmp_path / "a" / "captions.txt").read_text() != (tmp_path / "c" / "captions.txt").read_text()
+
+
+def test_builtin_sample_generates_quickly_and_caches():
+    started = time.perf_counter()
+    photos = load_flickr8k("sample")
+    assert time.perf_counter() - started < 30
+    assert sum(len(photos[s]) for s in photos) == 1600
+    again = load_flickr8k("sample")
+    assert list(again["test"]["image_id"]) == list(photos["test"]["image_id"])

@@ -1,0 +1,142 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel
+
+from mm_classifier import MMClassifierError, MultiModalClassifier, MultiModalConfig
+
+CONCEPTS = {0: "dog", 1: "beach", 2: "man"}
+
+
+def tiny_config(**overrides):
+    settings = dict(
+        backbone="test_efficientnet", image_size=32, vocab_size=50, id2label=CONCEPTS, image_embed_dim=16,
+        text_embed_dim=16, word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16],
+    )
+    settings.update(overrides)
+    return MultiModalConfig(**settings)
+
+
+def inputs(batch=3):
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [0, 0, 0, 0]])[:batch]
+    return {"pixel_values": torch.randn(batch, 3, 32, 32), "input_ids": ids, "attention_mask": (ids > 0).long()}
+
+
+def test_config_defaults_validation_and_auto_registration():
+    config = AutoConfig.for_model("mm_classifier")
+    assert isinstance(config, MultiModalConfig)
+    assert config.backbone == "mobilenetv2_100" and config.problem_type == "multi_label_classification"
+    assert config.thresholds == [0.5] * config.num_labels
+    for field, value in [("modality", "audio"), ("dropout", 1.5), ("image_size", 0), ("thresholds", [0.3]),
+                         ("lstm_num_layers", 0), ("pos_weight", [1.0])]:
+        with pytest.raises(ValueError, match=f"MultiModalConfig.{field}"):
+            tiny_config(**{field: value})
+
+
+@pytest.mark.parametrize("modality", ["fusion", "image", "text"])
+def test_output_shapes_for_each_modality(modality):
+    model = MultiModalClassifier(tiny_config(modality=modality)).eval()
+    batch = inputs()
+    out = model(**batch, labels=torch.ones(3, 3))
+    assert out.logits.shape == (3, 3) and out.loss.ndim == 0
+    assert (out.image_embeds is None) == (modality == "text")
+    assert (out.text_embeds is None) == (modality == "image")
+
+
+def test_fusion_predicts_from_either_modality_alone_and_empty_captions():
+    model = MultiModalClassifier(tiny_config()).eval()
+    batch = inputs()
+    assert model(pixel_values=batch["pixel_values"]).logits.shape == (3, 3)
+    text_only = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert text_only.logits.shape == (3, 3)
+    assert torch.all(text_only.text_embeds[2] == 0)  # the empty caption contributes nothing
+    with pytest.raises(MMClassifierError, match="neither"):
+        model()
+    with pytest.raises(MMClassifierError, match="needs a image input"):
+        MultiModalClassifier(tiny_config(modality="image"))(input_ids=batch["input_ids"])
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_frozen_blocks_none():
+    model = MultiModalClassifier(tiny_config(modality_dropout=0.0)).train()
+    out = model(**inputs(2), labels=torch.ones(2, 3))
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert missing == []
+
+    model = MultiModalClassifier(tiny_config())
+    model.freeze_backbone(trainable_blocks=1)
+    model.train()
+    model(**inputs(2), labels=torch.ones(2, 3)).loss.backward()
+    backbone = model.image_encoder.backbone
+    frozen = [p for n, p in backbone.named_parameters() if not n.startswith(("blocks." + str(len(backbone.blocks) - 1), "conv_head", "bn2"))]
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in backbone.blocks[-1].parameters())
+    # Frozen batch norms keep their statistics in training mode.
+    assert not backbone.bn1.training and backbone.bn2.training
+
+
+def test_cached_stem_gives_the_same_logits_as_pixels():
+    model = MultiModalClassifier(tiny_config())
+    model.freeze_backbone(1)
+    model.eval()
+    batch = inputs()
+    stem = model.image_encoder.stem(batch["pixel_values"], trainable_blocks=1)
+    direct = model(**batch).logits
+    cached = model(stem_output=stem, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(direct, cached)
+
+
+def test_save_and_load_give_identical_logits(tmp_path):
+    model = MultiModalClassifier(tiny_config(thresholds=[0.2, 0.4, 0.6])).eval()
+    batch = inputs()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
+    reloaded_state = loaded.state_dict()
+    assert all(torch.equal(tensor, reloaded_state[name]) for name, tensor in model.state_dict().items())
+    # Bitwise-equal weights; the logits may differ in the last float bit (memory layout picks the BLAS path).
+    torch.testing.assert_close(model(**batch).logits, loaded(**batch).logits, rtol=0, atol=1e-6)
+    assert loaded.config.thresholds == [0.2, 0.4, 0.6] and loaded.config.concepts == ["dog", "beach", "man"]
+    assert type(AutoModel.from_pretrained(tmp_path)) is MultiModalClassifier
+
+
+def test_auto_model_in_a_fresh_process(tmp_path):
+    model = MultiModalClassifier(tiny_config()).eval()
+    batch = inputs()
+    model.save_pretrained(tmp_path)
+    torch.save(batch, tmp_path / "batch.pt")
+    expected = model(**batch).logits
+    script = (
+        "import sys, torch, mm_classifier\n"
+        "from transformers import AutoModel\n"
+        f"m = AutoModel.from_pretrained({str(tmp_path)!r}).eval()\n"
+        f"b = torch.load({str(tmp_path / 'batch.pt')!r})\n"
+        f"torch.save(m(**b).logits, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path), env=env)
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=1e-6)
+
+
+def test_pretrained_backbone_from_a_local_file_and_offline_hub(tmp_path):
+    source = MultiModalClassifier(tiny_config())
+    weights = {k: v.contiguous() for k, v in source.image_encoder.backbone.state_dict().items()}
+    save_file(weights, tmp_path / "backbone.safetensors")
+    model = MultiModalClassifier(tiny_config())
+    model.load_pretrained_backbone(tmp_path / "backbone.safetensors")
+    for name, tensor in model.image_encoder.backbone.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name])
+    with pytest.raises(MMClassifierError, match="does not exist"):
+        model.load_pretrained_backbone(tmp_path / "nope.safetensors")
+    save_file({"foo": torch.zeros(1)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(MMClassifierError, match="do not fit"):
+        model.load_pretrained_backbone(tmp_path / "wrong.safetensors")
+    with pytest.raises(MMClassifierError, match="HF_HUB_OFFLINE.*--backbone-weights.*--no-pretrained"):
+        model.load_pretrained_backbone(None)

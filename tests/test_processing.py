@@ -1,0 +1,81 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mm_classifier import MMClassifierError, MultiModalProcessor, build_tokenizer, load_image
+
+
+@pytest.fixture
+def processor():
+    tokenizer = build_tokenizer(["a dog on the beach", "a man"] * 2, min_frequency=1)
+    return MultiModalProcessor(tokenizer, image_size=32, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+
+
+def test_batch_keys_shapes_and_either_argument_alone(processor, tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), "white").save(path)
+    batch = processor(images=[path, np.zeros((20, 30, 3), np.uint8)], text=["a dog", ""])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 2)
+    assert batch["attention_mask"][1].sum() == 0
+    # Normalisation: white -> +1, black -> -1 with mean = std = 0.5.
+    assert torch.allclose(batch["pixel_values"][0], torch.ones(3, 32, 32))
+    assert torch.allclose(batch["pixel_values"][1], -torch.ones(3, 32, 32))
+    assert set(processor(text="a man")) == {"input_ids", "attention_mask"}
+    assert set(processor(images=Image.new("RGB", (9, 9)))) == {"pixel_values"}
+    with pytest.raises(MMClassifierError, match="neither"):
+        processor()
+    with pytest.raises(MMClassifierError, match="one caption per image"):
+        processor(images=[path, path], text=["one"])
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "1", "P", "CMYK", "I;16", "F"])
+def test_every_image_mode_becomes_rgb(mode):
+    image = Image.new(mode, (16, 16))
+    assert load_image(image).mode == "RGB"
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).size == (20, 40)
+
+
+def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "text.jpg").write_text("not an image")
+    good = io.BytesIO()
+    Image.new("RGB", (100, 100), "red").save(good, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(good.getvalue()[:300])
+    cases = [
+        (tmp_path / "missing.jpg", "does not exist"),
+        (tmp_path / "text.jpg", "not an image"),
+        (tmp_path / "cut.jpg", "corrupt or truncated"),
+        (Image.new("RGB", (1, 1)), "too small"),
+        (Image.new("RGB", (0, 0)), "too small"),
+        (np.zeros((20, 20, 7)), "numpy image"),
+        (12, "Unsupported image input"),
+    ]
+    for value, message in cases:
+        with pytest.raises(MMClassifierError, match=message):
+            load_image(value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (50, 50)).save(tmp_path / "bomb.png")
+    with pytest.raises(MMClassifierError, match="too large"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_save_and_load_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    loaded = MultiModalProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict()
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    a, b = processor(images=image, text="a dog"), loaded(images=image, text="a dog")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(MMClassifierError, match="not a saved mm_classifier model"):
+        MultiModalProcessor.from_pretrained(tmp_path / "nope")
