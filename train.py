@@ -37,6 +37,7 @@ from mm_classifier import (
     load_flickr8k,
     to_pairs,
 )
+from mm_classifier.data import looks_like_hub_id
 from mm_classifier.evaluation import compute_metrics, tune_thresholds, write_model_card, write_pipeline_report
 from mm_classifier.features import photo_pixels, photos_key, stem_outputs
 from mm_classifier.plots import plot_learning_curves
@@ -104,12 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on the data: the sample is tiny and has no pretrained weights to use."""
     sample = args.dataset == "sample"
+    if not sample and not Path(args.dataset).expanduser().exists() and not looks_like_hub_id(args.dataset):
+        raise MMClassifierError(
+            f"Data set folder {args.dataset} does not exist. Pass an existing folder, a hub id, or 'sample'."
+        )
     if args.backbone_weights is not None:
         if args.pretrained is False:
             raise MMClassifierError("--backbone-weights and --no-pretrained contradict each other.")
         args.pretrained = True
     if args.pretrained is None:
         args.pretrained = not sample
+    for name in ("epochs", "image_size"):  # given but not positive (0 must not read as "use the default")
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MMClassifierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     args.image_size = args.image_size or (64 if sample else 224)
     # MobileNetV2 learns too slowly from scratch on a CPU for the sample's five-minute budget (README,
     # "The built-in sample"); timm's tiny EfficientNet learns the sample's scenes in about a minute.
@@ -123,9 +131,32 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise MMClassifierError(f"--trainable-blocks must be 0 or more, got {args.trainable_blocks}.")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         raise MMClassifierError(f"--backbone-weights {args.backbone_weights} does not exist.")
+    if args.pretrained and args.backbone_weights is None:
+        check_pretrained_download()
     if args.push_to_hub:
         check_hub_access(args)
     return args
+
+
+def check_pretrained_download() -> None:
+    """--pretrained without --backbone-weights downloads timm's weights: fail now, not after loading data."""
+    import socket
+
+    import huggingface_hub
+
+    reason = None
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError:
+            reason = "the hub cannot be reached"
+    if reason:
+        raise MMClassifierError(
+            f"--pretrained downloads the backbone's weights, but {reason}. Pass a local file with "
+            "--backbone-weights PATH (safetensors), or train from scratch with --no-pretrained."
+        )
 
 
 def check_hub_access(args) -> None:

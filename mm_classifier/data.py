@@ -94,7 +94,7 @@ def load_flickr8k(
         )
     if path.exists():
         raise MMClassifierError(f"{path} is a file; pass the folder that contains it.")
-    if _looks_like_hub_id(str(source)):
+    if looks_like_hub_id(str(source)):
         return _load_hub(str(source))
     raise MMClassifierError(
         f"Data set folder {path} does not exist. Pass an existing folder, a hub id such as 'jxie/flickr8k', "
@@ -102,7 +102,8 @@ def load_flickr8k(
     )
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name`` that is not an existing local path."""
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
 

@@ -42,7 +42,7 @@ def compute_metrics(
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     references = np.asarray(references, dtype=np.int8)
-    cutoffs = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), probabilities.shape[1:])
+    cutoffs = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), probabilities.shape[1:])
     predictions = (probabilities >= cutoffs).astype(np.int8)
     names = list(label_names) if label_names is not None else [str(i) for i in range(references.shape[1])]
     threshold_results = load_metric("multilabel_classification").compute(

@@ -1,0 +1,98 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import train
+from conftest import TINY_TRAIN_ARGS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_KEYS = ("test_micro_f1", "test_macro_f1", "test_mAP", "test_roc_auc")
+
+
+def test_tiny_run_writes_a_loadable_model_with_results(tiny_model):
+    from mm_classifier import Predictor
+
+    results = json.loads((tiny_model / "all_results.json").read_text())
+    assert all(0 <= results[k] <= 1 for k in RESULT_KEYS)
+    assert Predictor.from_pretrained(tiny_model).model.config.modality == "fusion"
+    assert "## Intended use and limits" in (tiny_model / "README.md").read_text()
+
+
+def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_path):
+    assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), *TINY_TRAIN_ARGS,
+                       "--epochs", "1"]) == 0
+    for stage in ("image", "text", "fusion"):
+        results = json.loads((tmp_path / stage / "all_results.json").read_text())
+        assert all(k in results for k in RESULT_KEYS)
+        assert (tmp_path / stage / "config.json").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "image model" in report and "text model" in report and "fusion model" in report
+    assert "## Training time" in report
+
+
+def run_script(args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_resume_after_sigkill_gives_identical_weights(tiny_folder, tmp_path):
+    common = ["train.py", "--dataset", str(tiny_folder), "--modality", "fusion", *TINY_TRAIN_ARGS,
+              "--epochs", "3", "--checkpointing-steps", "4"]
+    reference = run_script([*common, "--output-dir", str(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    # Killed with SIGKILL right after the checkpoint at step 18: mid-epoch (14 steps per epoch).
+    killed = run_script([*common, "--output-dir", str(tmp_path / "resumed"), "--checkpointing-steps", "9",
+                         "--kill-after-checkpoint", "18"])
+    assert killed.returncode == -9
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = run_script([*common, "--output-dir", str(tmp_path / "resumed"), "--checkpointing-steps", "9",
+                          "--resume-from-checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    a, b = load_file(tmp_path / "reference" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    ra, rb = (json.loads((tmp_path / d / "all_results.json").read_text()) for d in ("reference", "resumed"))
+    assert all(ra[k] == rb[k] for k in RESULT_KEYS)
+
+
+def test_two_cpu_processes_with_accelerate_launch(tiny_folder, tmp_path):
+    result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "train.py", "--dataset", str(tiny_folder), "--output-dir", str(tmp_path),
+                         "--modality", "text", *TINY_TRAIN_ARGS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    results = json.loads((tmp_path / "all_results.json").read_text())
+    assert results["num_processes"] == 2
+    # Metrics are gathered once over the whole split, without the duplicates padding adds.
+    assert results["test_pairs"] == 35
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--modality", "audio"], None),
+        (["--dataset", "/no/such/folder"], "does not exist"),
+        (["--pretrained", "--dataset", "sample"], "HF_HUB_OFFLINE.*--backbone-weights PATH.*--no-pretrained"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--backbone-weights", "/no/weights.safetensors"], "does not exist"),
+        (["--push-to-hub", "--hub-model-id", "me/model"], "needs internet"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(argv, message, tmp_path, capsys):
+    if message is None:
+        with pytest.raises(SystemExit):
+            train.main([*argv, "--output-dir", str(tmp_path)])
+        assert "invalid choice: 'audio'" in capsys.readouterr().err
+        return
+    assert train.main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    import re
+
+    assert re.search(message, err), err
