@@ -1,0 +1,140 @@
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import app
+from mm_classifier import MMClassifierError, Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def photo(tiny_folder):
+    return str(tiny_folder / "images" / "scene_00001.png")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(predictor, photo):
+    demo = app.build_demo(predictor, [[photo, "a man on the grass"]])
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size=app.MAX_FILE_SIZE, show_error=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_predict_is_pure_and_equals_the_python_api(predictor, photo):
+    result = app.predict(predictor, photo, "a man and a dog")
+    assert result.probabilities == predictor.predict(photo, "a man and a dog")[0].probabilities
+    assert app.predict(predictor, None, "a dog").probabilities
+    assert app.predict(predictor, photo, "   ").probabilities == predictor.predict(photo)[0].probabilities
+    with pytest.raises(MMClassifierError, match="Upload a photo or type a caption"):
+        app.predict(predictor, None, "  ")
+
+
+def test_build_demo_without_launching(predictor):
+    demo = app.build_demo(predictor)
+    assert "predict" in {dep.get("api_name") for dep in demo.config["dependencies"]}
+
+
+def test_live_server_over_http(server, predictor, photo, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    label, _, summary = client.predict(handle_file(photo), "a man and a dog", 0, api_name="/predict")
+    expected = predictor.predict(photo, "a man and a dog")[0]
+    got = {item["label"]: item["confidence"] for item in label["confidences"]}
+    assert got == pytest.approx({c: expected.probabilities[c] for c in got}, abs=1e-6)
+    assert len(got) == app.TOP_K or len(got) == len(predictor.concepts)
+    assert summary.startswith(("Found:", "No concept"))
+    # Photo only and caption only; the threshold argument may be left out.
+    assert client.predict(handle_file(photo), "", api_name="/predict")[0]["label"]
+    assert client.predict(None, "a dog on the beach", api_name="/predict")[0]["label"]
+    long_caption = client.predict(None, "dog " * 2500, api_name="/predict")
+    assert long_caption[0]["label"]
+
+    (tmp_path / "text.jpg").write_text("not an image")
+    Image.new("RGB", (60, 60)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    Image.new("L", (12_000, 12_000)).save(tmp_path / "bomb.png")  # 144 Mpx, 140 KB on disk
+    for path, message in [("text.jpg", "not an image"), ("cut.jpg", "corrupt or truncated"),
+                          ("bomb.png", "too large")]:
+        with pytest.raises(Exception, match=message):
+            client.predict(handle_file(str(tmp_path / path)), "", api_name="/predict")
+    with pytest.raises(Exception, match="Upload a photo or type a caption"):
+        client.predict(None, "", api_name="/predict")
+    # The server survived all of it.
+    assert client.predict(None, "a dog", api_name="/predict")[0]["label"]
+
+
+def test_twenty_concurrent_requests_all_succeed(server, photo):
+    from gradio_client import Client, handle_file
+
+    def one(i):
+        client = Client(server, verbose=False)
+        return client.predict(handle_file(photo), f"a dog number {i}", api_name="/predict")[0]["label"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        labels = list(pool.map(one, range(20)))
+    assert len(labels) == 20 and all(labels)
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_browser_upload_caption_submit_and_read_concepts(server, photo, predictor):
+    from playwright.sync_api import sync_playwright
+
+    expected = predictor.predict(photo, "a man and a dog")[0]
+    top = max(expected.probabilities, key=expected.probabilities.get)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page()
+        page.goto(server)
+        page.locator("input[type=file]").first.set_input_files(photo)
+        page.get_by_label("Caption (optional)").fill("a man and a dog")
+        page.get_by_role("button", name="Predict").click()
+        summary = page.get_by_label("Summary")
+        page.wait_for_function(
+            "el => el.value && el.value.length > 0", arg=summary.element_handle(), timeout=60_000
+        )
+        assert summary.input_value().startswith(("Found:", "No concept"))
+        page.get_by_text(top, exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(ROOT / ".pytest_cache" / "app_screenshot.png"))
+        browser.close()
+
+
+def test_app_without_a_model_says_to_train_first(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert "python train.py" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_share_offline_says_it_needs_internet(tiny_model, monkeypatch, capsys):
+    monkeypatch.setattr(app, "internet_reachable", lambda *a, **k: False)
+    assert app.main(["--model", str(tiny_model), "--share", "--no-examples"]) == 2
+    assert "needs internet" in capsys.readouterr().err
