@@ -373,3 +373,36 @@ def to_pairs(
     if isinstance(photos, datasets.DatasetDict):
         return datasets.DatasetDict({name: convert(split) for name, split in photos.items()})
     return convert(photos)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mm_classifier.data --dataset SRC``: split sizes and the mined concepts as a Markdown table."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mm_classifier.data", description=main.__doc__)
+    parser.add_argument("--dataset", default="sample", help="folder, hub id or 'sample' (default: %(default)s)")
+    parser.add_argument("--num-concepts", type=int, default=DEFAULT_NUM_CONCEPTS)
+    parser.add_argument("--min-votes", type=int, default=DEFAULT_MIN_VOTES)
+    args = parser.parse_args(argv)
+    try:
+        photos = load_flickr8k(args.dataset)
+    except MMClassifierError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    train = list(photos["train"]["captions"])
+    print(f"{args.dataset}: " + ", ".join(f"{name} {len(split)} photos" for name, split in photos.items()))
+    print(f"\nConcepts mined from the {len(train)} training photos (a photo has a concept when at least "
+          f"{args.min_votes} of its captions name it):\n")
+    print("| # | concept | training photos | share | words |\n|---:|---|---:|---:|---|")
+    for rank, (concept, count) in enumerate(mine_concepts(train, args.num_concepts, args.min_votes), start=1):
+        words = ", ".join(w for w in CONCEPT_LEXICON[concept] if w != concept)
+        print(f"| {rank} | {concept} | {count} | {count / len(train):.1%} | {words} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

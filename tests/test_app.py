@@ -101,7 +101,7 @@ def test_twenty_concurrent_requests_all_succeed(server, photo):
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_upload_caption_submit_and_read_concepts(server, photo, predictor):
+def test_browser_upload_caption_submit_and_read_concepts(server, photo, predictor, tmp_path):
     from playwright.sync_api import sync_playwright
 
     expected = predictor.predict(photo, "a man and a dog")[0]
@@ -122,7 +122,8 @@ def test_browser_upload_caption_submit_and_read_concepts(server, photo, predicto
         )
         assert summary.input_value().startswith(("Found:", "No concept"))
         page.get_by_text(top, exact=True).first.wait_for(timeout=30_000)
-        page.screenshot(path=str(ROOT / ".pytest_cache" / "app_screenshot.png"))
+        page.screenshot(path=str(tmp_path / "app.png"))
+        assert (tmp_path / "app.png").stat().st_size > 0
         browser.close()
 
 
