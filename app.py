@@ -60,11 +60,11 @@ class PhotoInput(gr.Image):
 def build_demo(predictor: Predictor, examples: list[list] | None = None) -> gr.Blocks:
     """The UI wired to :func:`predict`; launch it yourself (``build_demo(p).launch()``)."""
     config = predictor.model.config
-    default_threshold = None  # None: each concept's tuned threshold
 
-    def run(photo, caption, threshold):
+    def run(photo, caption, threshold=0):
         try:
-            prediction = predict(predictor, photo, caption, threshold if threshold and threshold > 0 else default_threshold)
+            # A threshold of 0 (the slider's default) keeps each concept's tuned threshold.
+            prediction = predict(predictor, photo, caption, threshold if threshold and threshold > 0 else None)
         except MMClassifierError as err:
             message = str(err).replace(str(photo), "The uploaded photo") if photo else str(err)
             raise gr.Error(message, print_exception=False) from None
