@@ -10,7 +10,6 @@ import argparse
 import os
 import socket
 import sys
-from pathlib import Path
 
 import gradio as gr
 

@@ -1,7 +1,5 @@
 import csv
-import shutil
 import time
-import warnings
 
 import datasets
 import pytest

@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from mm_classifier import MMClassifierError, Predictor, load_flickr8k
+from mm_classifier import MMClassifierError, Predictor
 from mm_classifier.predict import main as predict_cli
 
 
