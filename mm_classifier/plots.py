@@ -75,7 +75,7 @@ def plot_examples(examples: list[dict], columns: int = 4):
     are right are green, wrong ones red; missed true concepts are listed in amber.
     """
     rows = max(1, -(-len(examples) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.6 * rows))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 5.6 * rows))
     for axis in np.atleast_1d(axes).ravel():
         axis.axis("off")
     for axis, example in zip(np.atleast_1d(axes).ravel(), examples):
@@ -85,8 +85,9 @@ def plot_examples(examples: list[dict], columns: int = 4):
         lines = [(c, CORRECT if c in true else WRONG) for c in predicted]
         lines += [(f"missed: {c}", MISSED) for c in sorted(true - set(predicted))]
         for i, (text, colour) in enumerate(lines[:8]):
-            axis.text(0.0, -0.05 - 0.075 * i, text, color=colour, fontsize=8, transform=axis.transAxes, va="top")
-    figure.tight_layout()
+            axis.text(0.0, -0.04 - 0.06 * i, text, color=colour, fontsize=8, transform=axis.transAxes, va="top")
+    # Room below each photo for its concept list and above it for its caption (tight_layout ignores both).
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.96, bottom=0.08, wspace=0.08, hspace=0.75)
     return figure
 
 
