@@ -1,6 +1,7 @@
 """Inference: prediction-API latency vs a bare forward, batch throughput, channels_last vs contiguous.
 
     python benchmarks/inference.py --model outputs/fusion [--requests 100]
+    python benchmarks/inference.py --model DIR --dataset PATH/TO/flickr8k --split validation
 """
 
 import argparse
@@ -19,6 +20,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="outputs/fusion")
     parser.add_argument("--dataset", default="sample", help="where the test photos come from")
+    parser.add_argument("--split", default="test", help="split the photos come from")
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
@@ -28,7 +30,7 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     predictor = Predictor.from_pretrained(args.model)
     model, processor = predictor.model, predictor.processor
-    test = load_flickr8k(args.dataset)["test"]
+    test = load_flickr8k(args.dataset)[args.split]
     undecoded = test.cast_column("image", test.features["image"].__class__(decode=False))
     paths = [v["path"] for v in undecoded.select(range(min(args.batch_size, len(test))))["image"]]
     captions = [c[0] for c in test.select(range(len(paths)))["captions"]]
