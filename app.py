@@ -14,7 +14,8 @@ import sys
 import gradio as gr
 
 from mm_classifier import MMClassifierError, Predictor
-from mm_classifier.plots import plot_prediction
+from mm_classifier.plots import plot_prediction  # sets matplotlib's headless backend first
+import matplotlib.pyplot as plt  # noqa: E402  (after plots)
 from mm_classifier.processing import load_image
 
 DEFAULT_MODEL = "outputs/fusion"
@@ -62,15 +63,16 @@ def build_demo(predictor: Predictor, examples: list[list] | None = None) -> gr.B
 
     def run(photo, caption, threshold=0):
         try:
+            image = load_image(photo) if photo is not None else None  # decoded once, for model and figure
             # A threshold of 0 (the slider's default) keeps each concept's tuned threshold.
-            prediction = predict(predictor, photo, caption, threshold if threshold and threshold > 0 else None)
+            prediction = predict(predictor, image, caption, threshold if threshold and threshold > 0 else None)
         except MMClassifierError as err:
             message = str(err).replace(str(photo), "The uploaded photo") if photo else str(err)
             raise gr.Error(message, print_exception=False) from None
-        image = load_image(photo) if photo is not None else None
         figure = None
         if image is not None:
             figure = plot_prediction(image, prediction, caption)
+            plt.close(figure)  # Gradio still renders it; pyplot must not keep every request's figure alive
         found = ", ".join(f"{c} ({prediction.probabilities[c]:.0%})" for c in prediction.predicted)
         summary = f"Found: {found}." if found else "No concept above its threshold."
         return prediction.probabilities, figure, summary

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -151,10 +150,3 @@ def stem_outputs(
     shape = cached[0]["shape"]
     return torch.from_numpy(_column_array(cached, "stem", np.float16)).view(len(pixels), *shape)
 
-
-def clear_cache(kind: str | None = None) -> None:
-    """Delete cached pixels and/or features (``kind`` = "pixels", "features" or None for both)."""
-    import shutil
-
-    for name in [kind] if kind else ["pixels", "features"]:
-        shutil.rmtree(Path(cache_root()) / name, ignore_errors=True)
