@@ -37,11 +37,12 @@ from mm_classifier import (
     to_pairs,
 )
 from mm_classifier.data import looks_like_hub_id
-from mm_classifier.evaluation import compute_metrics, tune_thresholds, write_model_card, write_pipeline_report
+from mm_classifier.evaluation import (
+    compute_metrics, multi_hot, tune_thresholds, write_model_card, write_pipeline_report,
+)
 from mm_classifier.features import photo_pixels, photos_key, stem_outputs
 from mm_classifier.plots import plot_learning_curves
 
-logger = logging.getLogger("train")
 STAGES = ("image", "text", "fusion")
 SAMPLE_BACKBONE = "test_efficientnet"
 SAMPLE_EPOCHS = {"image": 40, "text": 8, "fusion": 8}
@@ -193,13 +194,6 @@ class Rows(torch.utils.data.Dataset):
         }
 
 
-def multi_hot(label_lists, num_concepts: int) -> torch.Tensor:
-    targets = torch.zeros(len(label_lists), num_concepts)
-    for row, labels in enumerate(label_lists):
-        targets[row, labels] = 1.0
-    return targets
-
-
 def prepare_data(args, accelerator):
     """Photos, leave-one-out pairs, concepts and tokenizer: shared by all stages."""
     lexicon = load_concept_file(args.concepts) if args.concepts else CONCEPT_LEXICON
@@ -230,7 +224,7 @@ def prepare_data(args, accelerator):
                 torch.tensor([photo_position[i] for i in table["image_id"]]),
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                multi_hot(table["labels"], len(concepts)),
+                torch.from_numpy(multi_hot(table["labels"], len(concepts))).float(),
             ),
             "captions": table["caption"],
         }

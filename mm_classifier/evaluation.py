@@ -110,9 +110,10 @@ def pairs_for_model(config, dataset: str, split: str, seed: int = 0):
     return to_pairs(photos[split], config.concepts, min_votes=config.min_votes, lexicon=lexicon)
 
 
-def multi_hot(pairs, num_concepts: int) -> np.ndarray:
-    targets = np.zeros((len(pairs), num_concepts), dtype=np.int8)
-    for row, labels in enumerate(pairs["labels"]):
+def multi_hot(label_lists, num_concepts: int) -> np.ndarray:
+    """Concept-index lists (a pair column ``labels``) -> (N, C) 0/1 int8 targets."""
+    targets = np.zeros((len(label_lists), num_concepts), dtype=np.int8)
+    for row, labels in enumerate(label_lists):
         targets[row, labels] = 1
     return targets
 
@@ -144,7 +145,7 @@ def evaluate_model(
     pairs = pairs_for_model(config, dataset, split, seed)
     if len(pairs) == 0:
         raise MMClassifierError(f"The {split} split of {dataset} has no pairs to evaluate.")
-    targets = multi_hot(pairs, config.num_labels)
+    targets = multi_hot(list(pairs["labels"]), config.num_labels)
     scores = score_pairs(predictor, pairs, desc=Path(model_dir).name)
     concepts = config.concepts
     thresholds = config.thresholds

@@ -48,3 +48,17 @@ def tiny_model(tmp_path_factory, tiny_folder):
     assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(out), "--modality", "fusion",
                        *TINY_TRAIN_ARGS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model):
+    """The tiny model loaded through the prediction API."""
+    from mm_classifier import Predictor
+
+    return Predictor.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def photo(tiny_folder):
+    """One photo of the tiny folder."""
+    return str(tiny_folder / "images" / "scene_00000.png")

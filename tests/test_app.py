@@ -10,20 +10,11 @@ import pytest
 from PIL import Image
 
 import app
-from mm_classifier import MMClassifierError, Predictor
+from mm_classifier import MMClassifierError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor.from_pretrained(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def photo(tiny_folder):
-    return str(tiny_folder / "images" / "scene_00001.png")
 
 
 def free_port() -> int:

@@ -8,15 +8,6 @@ from mm_classifier import MMClassifierError, Predictor
 from mm_classifier.predict import main as predict_cli
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor.from_pretrained(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def photo(tiny_folder):
-    return str(tiny_folder / "images" / "scene_00000.png")
-
 
 def test_model_folder_holds_everything_needed_to_predict(tiny_model):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "all_results.json",
