@@ -371,7 +371,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, stage_dir: Path, state: TrainState, keep: int = 2) -> None:
-    accelerator.save_state(str(stage_dir / "checkpoints" / f"step_{state.global_step}"))
+    # Pickled weights, not safetensors: on a GPU, cuDNN flattens the LSTM's weights into one shared buffer,
+    # and safetensors refuses to load tensors that share storage.
+    accelerator.save_state(str(stage_dir / "checkpoints" / f"step_{state.global_step}"), safe_serialization=False)
     if accelerator.is_main_process:
         checkpoints = sorted((stage_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
         for old in checkpoints[:-keep]:

@@ -115,11 +115,13 @@ def stem_outputs(
 
     Returns:
         float16 tensor: (P, F) or (P, C, h, w).
+
+    The model's image encoder is moved to ``device`` (where training will use it anyway).
     """
     key = _digest(pixels_key, backbone_digest(model, trainable_blocks), processor.to_dict())
     cache_file = cache_root() / "features" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    encoder = model.image_encoder
+    encoder = model.image_encoder.to(device)
     was_training = encoder.training
     encoder.eval()
     channels_last = torch.device(device).type == "cpu" or torch.cuda.is_available()

@@ -36,7 +36,7 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
 
 
 def run_script(args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
