@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                        help="compute the frozen backbone part once and train on its cached outputs (default: on)")
     model.add_argument("--modality-dropout", type=float, default=0.25, help="fusion: chance to hide photo or caption")
+    model.add_argument("--fusion-encoders", choices=["frozen", "trainable"], default="frozen",
+                       help="fusion: keep the encoders of the image and text models fixed and train only the fusion "
+                            "layers (default), or fine-tune them too")
     model.add_argument("--dropout", type=float, default=0.3)
 
     train = p.add_argument_group("training")
@@ -303,6 +306,8 @@ def trainable_blocks_for(stage, args, model, previous) -> int | None:
     """0 (frozen) when the backbone starts from trained weights, None (everything trains) from scratch."""
     if not model.config.uses_image:
         return None
+    if stage == "fusion" and args.fusion_encoders == "frozen" and "image" in previous:
+        return 0  # the trained image model's encoder is kept whole
     if args.trainable_blocks is not None:
         return min(args.trainable_blocks, model.image_encoder.num_blocks)
     from_trained = args.pretrained or (stage == "fusion" and "image" in previous)
@@ -390,6 +395,9 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     blocks = trainable_blocks_for(stage, args, model, previous)
     if blocks is not None:
         model.freeze_backbone(blocks)
+    if stage == "fusion" and args.fusion_encoders == "frozen":
+        # Only encoders that come trained from the earlier stages are frozen; a fresh one must learn.
+        model.freeze_encoders(image="image" in previous, text="text" in previous)
     uses_stem = config.uses_image and blocks is not None and args.cache_features
     if accelerator.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -445,6 +453,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     accelerator.print(
         f"[{stage}] {len(train_rows)} training rows, {len(data['concepts'])} concepts, "
         f"backbone {'frozen' if blocks == 0 else 'trainable' if blocks is None else f'last {blocks} stages trainable'}"
+        f"{''.join(f', {name} encoder frozen' for name in sorted(model.frozen_encoders))}"
         f"{', cached features' if uses_stem else ''}, {accelerator.num_processes} process(es) on {accelerator.device}"
     )
     unwrapped = accelerator.unwrap_model(model)

@@ -98,12 +98,13 @@ class ImageEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        # Frozen batch norms keep their statistics: tiny CPU batches would otherwise corrupt them.
+        # Fine-tuning a (partly) frozen pretrained backbone: every batch norm keeps its statistics, trainable
+        # stages too. Small CPU batches would corrupt them, and weights with batch norm folded into the
+        # convolutions (TFLite conversions) have identity statistics that batch statistics would destroy.
+        # Their scale and shift still train. A backbone trained from scratch (never frozen) uses batch statistics.
         if mode and self.trainable_blocks is not None:
             for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-                    p.requires_grad for p in module.parameters()
-                ):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
 
@@ -174,6 +175,7 @@ class MultiModalClassifier(PreTrainedModel):
             in_features = hidden
         layers.append(nn.Linear(in_features, config.num_labels))
         self.classifier = nn.Sequential(*layers)
+        self.frozen_encoders: set[str] = set()  # training-time only; see freeze_encoders
         self.post_init()
 
     def _init_weights(self, module):
@@ -239,8 +241,14 @@ class MultiModalClassifier(PreTrainedModel):
             image_embeds = self.encode_image(pixel_values, stem_output)  # (B, Di)
         if has_text and self.config.uses_text:
             text_embeds = self.encode_text(input_ids, attention_mask)  # (B, Dt)
-        if self.training and self.config.modality == "fusion" and self.config.modality_dropout > 0:
-            image_embeds, text_embeds = self._drop_modalities(image_embeds, text_embeds)
+        if self.training:
+            # A frozen encoder runs in inference mode; its embedding gets the dropout its own layers would apply.
+            if image_embeds is not None and "image" in self.frozen_encoders:
+                image_embeds = nn.functional.dropout(image_embeds, self.config.dropout, training=True)
+            if text_embeds is not None and "text" in self.frozen_encoders:
+                text_embeds = nn.functional.dropout(text_embeds, self.config.dropout, training=True)
+            if self.config.modality == "fusion" and self.config.modality_dropout > 0:
+                image_embeds, text_embeds = self._drop_modalities(image_embeds, text_embeds)
         logits = self.classify(image_embeds, text_embeds)  # (B, C)
 
         loss = None
@@ -263,6 +271,31 @@ class MultiModalClassifier(PreTrainedModel):
         drop_image = (draw < p).unsqueeze(-1)  # (B, 1)
         drop_text = ((draw >= p) & (draw < 2 * p)).unsqueeze(-1)
         return image_embeds.masked_fill(drop_image, 0.0), text_embeds.masked_fill(drop_text, 0.0)
+
+    # -------------------------------------------------------------------------------- freezing
+
+    def freeze_encoders(self, image: bool = False, text: bool = False) -> None:
+        """Keep whole encoders fixed while the rest trains: no gradients, and inference mode (no dropout,
+        batch-norm statistics kept) even in ``train()``.
+
+        The fusion stage uses this to train only the fusion layers on top of the two single-modality
+        encoders (README, "Training").
+        """
+        for name, wanted in (("image", image), ("text", text)):
+            encoder = self.image_encoder if name == "image" else self.text_encoder
+            if not wanted:
+                continue
+            if encoder is None:
+                raise MMClassifierError(f"This {self.config.modality} model has no {name} encoder to freeze.")
+            encoder.requires_grad_(False)
+            self.frozen_encoders.add(name)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in getattr(self, "frozen_encoders", ()):  # nn.Module.__init__ may call train() before it exists
+            (self.image_encoder if name == "image" else self.text_encoder).eval()
+        return self
 
     # -------------------------------------------------------------------------------- backbone
 

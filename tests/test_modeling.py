@@ -77,8 +77,29 @@ def test_every_trainable_parameter_gets_a_gradient_and_frozen_blocks_none():
     frozen = [p for n, p in backbone.named_parameters() if not n.startswith(("blocks." + str(len(backbone.blocks) - 1), "conv_head", "bn2"))]
     assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
     assert all(p.grad is not None for p in backbone.blocks[-1].parameters())
-    # Frozen batch norms keep their statistics in training mode.
-    assert not backbone.bn1.training and backbone.bn2.training
+    # When fine-tuning, every batch norm keeps its statistics in training mode; trainable ones still learn.
+    assert not backbone.bn1.training and not backbone.bn2.training and backbone.bn2.weight.grad is not None
+    running_var = backbone.bn2.running_var.clone()
+    model(**inputs(2), labels=torch.ones(2, 3))
+    assert torch.equal(backbone.bn2.running_var, running_var)
+
+
+def test_frozen_encoders_stay_fixed_and_in_inference_mode_while_the_fusion_layers_train():
+    model = MultiModalClassifier(tiny_config(modality_dropout=0.0))
+    model.freeze_encoders(image=True, text=True)
+    model.train()
+    assert model.classifier.training and not model.image_encoder.training and not model.text_encoder.training
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**inputs(3), labels=torch.ones(3, 3)).loss.backward()
+    optimizer.step()
+    changed = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"classifier"}
+    # The frozen encoders' embeddings get dropout in training, none in evaluation.
+    image_embeds = model.encode_image(inputs(3)["pixel_values"])
+    assert torch.equal(model.eval()(**inputs(3)).image_embeds, image_embeds)
+    with pytest.raises(MMClassifierError, match="no text encoder"):
+        MultiModalClassifier(tiny_config(modality="image")).freeze_encoders(text=True)
 
 
 def test_cached_stem_gives_the_same_logits_as_pixels():

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import train
@@ -33,6 +34,12 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
     report = (tmp_path / "report.md").read_text()
     assert "image model" in report and "text model" in report and "fusion model" in report
     assert "## Training time" in report
+    # By default the fusion model keeps the trained single-modality encoders as they are.
+    fusion = load_file(tmp_path / "fusion" / "model.safetensors")
+    for stage in ("image", "text"):
+        single = load_file(tmp_path / stage / "model.safetensors")
+        encoder = [k for k in single if k.startswith(f"{stage}_encoder.")]
+        assert encoder and all(torch.equal(single[k], fusion[k]) for k in encoder)
 
 
 def run_script(args, timeout=600):
