@@ -453,7 +453,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     accelerator.print(
         f"[{stage}] {len(train_rows)} training rows, {len(data['concepts'])} concepts, "
         f"backbone {'frozen' if blocks == 0 else 'trainable' if blocks is None else f'last {blocks} stages trainable'}"
-        f"{''.join(f', {name} encoder frozen' for name in sorted(model.frozen_encoders))}"
+        f"{''.join(f', {name} encoder frozen' for name in sorted(accelerator.unwrap_model(model).frozen_encoders))}"
         f"{', cached features' if uses_stem else ''}, {accelerator.num_processes} process(es) on {accelerator.device}"
     )
     unwrapped = accelerator.unwrap_model(model)
