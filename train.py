@@ -36,7 +36,7 @@ from mm_classifier import (
     load_flickr8k,
     to_pairs,
 )
-from mm_classifier.data import looks_like_hub_id
+from mm_classifier.data import check_source
 from mm_classifier.evaluation import (
     compute_metrics, multi_hot, tune_thresholds, write_model_card, write_pipeline_report,
 )
@@ -108,10 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on the data: the sample is tiny and has no pretrained weights to use."""
     sample = args.dataset == "sample"
-    if not sample and not Path(args.dataset).expanduser().exists() and not looks_like_hub_id(args.dataset):
-        raise MMClassifierError(
-            f"Data set folder {args.dataset} does not exist. Pass an existing folder, a hub id, or 'sample'."
-        )
+    check_source(args.dataset)  # before the pretrained-weights check, whose message would hide this one
     if args.backbone_weights is not None:
         if args.pretrained is False:
             raise MMClassifierError("--backbone-weights and --no-pretrained contradict each other.")
@@ -247,14 +244,15 @@ def hold_out_validation(photos, pairs, seed: int, accelerator, fraction: float =
         f"The test split is empty (withheld): the official validation split ({len(photos['validation'])} photos) "
         f"serves as the test split, and {len(held_out)} training photos as the validation split."
     )
-    new_photos, new_pairs = {}, {}
-    for name, table in (("photos", photos), ("pairs", pairs)):
-        target = new_photos if name == "photos" else new_pairs
+    def resplit(table: datasets.DatasetDict) -> datasets.DatasetDict:
         in_held_out = [i in held_out for i in table["train"]["image_id"]]
-        target["train"] = table["train"].select([r for r, h in enumerate(in_held_out) if not h])
-        target["validation"] = table["train"].select([r for r, h in enumerate(in_held_out) if h])
-        target["test"] = table["validation"]
-    return datasets.DatasetDict(new_photos), datasets.DatasetDict(new_pairs)
+        return datasets.DatasetDict({
+            "train": table["train"].select([r for r, h in enumerate(in_held_out) if not h]),
+            "validation": table["train"].select([r for r, h in enumerate(in_held_out) if h]),
+            "test": table["validation"],
+        })
+
+    return resplit(photos), resplit(pairs)
 
 
 def photo_rows(pairs: Rows, num_photos: int) -> Rows:

@@ -14,50 +14,42 @@ import common  # noqa: F401
 import torch
 
 
-def epoch(model, optimizer, batches, make_inputs):
+def epoch(model, optimizer, batches, make_inputs, device, dtype=None, scaler=None):
+    """One training epoch; ``dtype`` float16/bfloat16 runs it under autocast (fp16 with a ``GradScaler``)."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     model.train()
     for index, labels in batches:
-        inputs = make_inputs(index)
-        loss = model(**inputs, labels=labels.to(next(iter(inputs.values())).device)).loss
-        loss.backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = model(**make_inputs(index), labels=labels.to(device)).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad()
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def precision_sweep(model, pixels, batches, processor, device, epochs):
-    """Samples/s of full fine-tuning for each autocast precision and memory format: [(label, rate)]."""
+def precision_sweep(config, pixels, batches, processor, device, epochs):
+    """Samples/s of full fine-tuning (a fresh model each time) per autocast precision and memory format."""
+    from mm_classifier import MultiModalClassifier
+
     rows = []
-    for precision in ("no", "fp16", "bf16"):
-        for memory_format in (torch.contiguous_format, torch.channels_last):
-            model.image_encoder.trainable_blocks = None
-            model.requires_grad_(True)
-            model.to(device=device, memory_format=memory_format)
+    for precision, dtype in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        for layout, memory_format in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            torch.manual_seed(0)
+            model = MultiModalClassifier(config).to(device=device, memory_format=memory_format)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
-            def run_epoch():
-                model.train()
-                for index, labels in batches:
-                    inputs = processor.normalize(pixels[index].to(device, non_blocking=True))
-                    with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss = model(pixel_values=inputs.contiguous(memory_format=memory_format),
-                                     labels=labels.to(device)).loss
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                torch.cuda.synchronize()
+            def make_inputs(index):
+                inputs = processor.normalize(pixels[index].to(device, non_blocking=True))
+                return {"pixel_values": inputs.contiguous(memory_format=memory_format)}
 
-            run_epoch()  # warm-up: cuDNN autotuning, allocator
+            epoch(model, optimizer, batches, make_inputs, device, dtype, scaler)  # warm-up: cuDNN autotuning
             started = time.perf_counter()
             for _ in range(epochs):
-                run_epoch()
-            rate = len(pixels) * epochs / (time.perf_counter() - started)
-            layout = "channels_last" if memory_format is torch.channels_last else "contiguous"
-            rows.append((f"{'fp32' if precision == 'no' else precision} autocast, {layout}", rate))
+                epoch(model, optimizer, batches, make_inputs, device, dtype, scaler)
+            rows.append((f"{precision} autocast, {layout}", len(pixels) * epochs / (time.perf_counter() - started)))
     return rows
 
 
@@ -103,7 +95,7 @@ def main():
     model.to(device=device, memory_format=torch.channels_last)
     started = time.perf_counter()
     for _ in range(args.epochs):
-        epoch(model, optimizer, batches, recompute)
+        epoch(model, optimizer, batches, recompute, device)
     recompute_rate = len(pixels) * args.epochs / (time.perf_counter() - started)
 
     key = photos_key(photos) + str(args.image_size)
@@ -116,7 +108,7 @@ def main():
 
     started = time.perf_counter()
     for _ in range(args.epochs):
-        epoch(model, optimizer, batches, from_cache)
+        epoch(model, optimizer, batches, from_cache, device)
     cached_rate = len(pixels) * args.epochs / (time.perf_counter() - started)
 
     print(f"\n{len(pixels)} photos of {args.dataset} at {args.image_size} px, {args.backbone} frozen, "
@@ -128,7 +120,7 @@ def main():
     ]))
     print(f"\npeak RSS {common.peak_rss_mib():.0f} MiB")
     if args.precision_sweep:
-        rows = precision_sweep(model, pixels, batches, processor, device, args.epochs)
+        rows = precision_sweep(config, pixels, batches, processor, device, args.epochs)
         base = rows[0][1]
         print(f"\nFull fine-tuning of {args.backbone} at {args.image_size} px, batch {args.batch_size}, "
               f"on {torch.cuda.get_device_name(0)}:\n")

@@ -94,18 +94,24 @@ def load_flickr8k(
         )
     if path.exists():
         raise MMClassifierError(f"{path} is a file; pass the folder that contains it.")
-    if looks_like_hub_id(str(source)):
-        return _load_hub(str(source))
-    raise MMClassifierError(
-        f"Data set folder {path} does not exist. Pass an existing folder, a hub id such as 'jxie/flickr8k', "
-        "or 'sample' for the built-in data set."
-    )
+    check_source(source)
+    return _load_hub(str(source))
 
 
 def looks_like_hub_id(source: str) -> bool:
     """``owner/name`` that is not an existing local path."""
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """Raise at once when ``source`` is neither ``"sample"``, an existing path nor a hub id (nothing is loaded)."""
+    if str(source) == "sample" or Path(source).expanduser().exists() or looks_like_hub_id(str(source)):
+        return
+    raise MMClassifierError(
+        f"Data set folder {Path(source).expanduser()} does not exist. Pass an existing folder, a hub id such as "
+        "'jxie/flickr8k', or 'sample' for the built-in data set."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- folders

@@ -124,19 +124,15 @@ def stem_outputs(
     encoder = model.image_encoder.to(device)
     was_training = encoder.training
     encoder.eval()
-    channels_last = torch.device(device).type == "cpu" or torch.cuda.is_available()
+    encoder.to(memory_format=torch.channels_last)  # faster on CPU (README, Performance) and on GPU
 
     def run(batch):
         index = torch.as_tensor(batch["photo"])
-        x = processor.normalize(pixels[index]).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = processor.normalize(pixels[index]).to(device).contiguous(memory_format=torch.channels_last)
         out = encoder.stem(x, trainable_blocks).float().cpu()
         return {"shape": [list(out.shape[1:])] * len(out), "stem": out.flatten(1).half().numpy()}
 
     table = datasets.Dataset.from_dict({"photo": list(range(len(pixels)))})
-    if channels_last:
-        encoder.to(memory_format=torch.channels_last)
     try:
         cached = table.map(
             run,

@@ -281,8 +281,7 @@ class MultiModalClassifier(PreTrainedModel):
         The fusion stage uses this to train only the fusion layers on top of the two single-modality
         encoders (README, "Training").
         """
-        for name, wanted in (("image", image), ("text", text)):
-            encoder = self.image_encoder if name == "image" else self.text_encoder
+        for name, wanted, encoder in (("image", image, self.image_encoder), ("text", text, self.text_encoder)):
             if not wanted:
                 continue
             if encoder is None:

@@ -97,6 +97,7 @@ def test_frozen_encoders_stay_fixed_and_in_inference_mode_while_the_fusion_layer
     assert changed == {"classifier"}
     # The frozen encoders' embeddings get dropout in training, none in evaluation.
     image_embeds = model.encode_image(inputs(3)["pixel_values"])
+    assert not torch.equal(model.train()(**inputs(3)).image_embeds, image_embeds)
     assert torch.equal(model.eval()(**inputs(3)).image_embeds, image_embeds)
     with pytest.raises(MMClassifierError, match="no text encoder"):
         MultiModalClassifier(tiny_config(modality="image")).freeze_encoders(text=True)
