@@ -103,3 +103,26 @@ def test_bad_arguments_give_clear_errors(argv, message, tmp_path, capsys):
     import re
 
     assert re.search(message, err), err
+
+
+def test_withheld_test_photos_make_dev_the_test_split_and_hold_out_training_photos_by_photo():
+    import datasets
+    from accelerate import Accelerator
+
+    names = [f"p{i}" for i in range(14)]
+    photos = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"image_id": names}),
+        "validation": datasets.Dataset.from_dict({"image_id": ["d0", "d1"]}),
+        "test": datasets.Dataset.from_dict({"image_id": []}),
+    })
+    pairs = datasets.DatasetDict({
+        name: datasets.Dataset.from_dict({"image_id": [i for i in split["image_id"] for _ in range(5)]})
+        for name, split in photos.items()
+    })
+    new_photos, new_pairs = train.hold_out_validation(photos, pairs, seed=0, accelerator=Accelerator(cpu=True))
+    assert len(new_photos["validation"]) == 2 and len(new_photos["train"]) == 12
+    assert new_photos["test"]["image_id"] == ["d0", "d1"]
+    for split in ("train", "validation", "test"):
+        assert set(new_pairs[split]["image_id"]) == set(new_photos[split]["image_id"])
+        assert len(new_pairs[split]) == 5 * len(new_photos[split])
+    assert not set(new_photos["train"]["image_id"]) & set(new_photos["validation"]["image_id"])
