@@ -19,6 +19,9 @@ class MultiModalConfig(PreTrainedConfig):
             weights converted from TensorFlow).
         image_size: side of the square input image, in pixels.
         image_mean, image_std: per-channel normalisation on the 0..1 scale (must match the backbone's weights).
+        image_feature_blocks: pool the outputs of these backbone stages (indices into an EfficientNet/MobileNet-
+            style timm model's ``blocks``; -1 is the last) and concatenate them as the photo's features, instead
+            of the pooled output of the backbone's head. None (default): the head's.
         image_embed_dim: size of the image embedding after the projection on the pooled backbone features.
         vocab_size, pad_token_id, max_length: of the word-level tokenizer.
         word_embed_dim, lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the text encoder.
@@ -42,6 +45,7 @@ class MultiModalConfig(PreTrainedConfig):
     image_size: int = 224
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    image_feature_blocks: list[int] | tuple[int, ...] | None = None
     image_embed_dim: int = 256
     vocab_size: int = 5000
     pad_token_id: int = 0
@@ -68,6 +72,8 @@ class MultiModalConfig(PreTrainedConfig):
         self.image_mean = [float(v) for v in self.image_mean]
         self.image_std = [float(v) for v in self.image_std]
         self.fusion_hidden_sizes = [int(v) for v in self.fusion_hidden_sizes]
+        if self.image_feature_blocks is not None:
+            self.image_feature_blocks = list(self.image_feature_blocks)
         if self.thresholds is None:
             self.thresholds = [0.5] * self.num_labels
         self._validate()
@@ -91,6 +97,12 @@ class MultiModalConfig(PreTrainedConfig):
             value = getattr(self, field)
             if len(value) != 3 or (field == "image_std" and min(value) <= 0):
                 fail(field, value, "three numbers (standard deviations > 0)")
+        blocks = self.image_feature_blocks
+        if blocks is not None and (
+            not blocks or len(set(blocks)) != len(blocks)
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
+        ):
+            fail("image_feature_blocks", blocks, "None or distinct stage indices (integers)")
         if not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
         if any(h < 1 for h in self.fusion_hidden_sizes):

@@ -40,7 +40,8 @@ class ImageEncoder(nn.Module):
     """timm backbone (pooled features) + a small projection.
 
     The backbone is split into a frozen *stem* and a trainable *tail* (the last ``trainable_blocks`` stages of
-    an EfficientNet-style timm model plus its head convolution), so the stem's output can be cached.
+    an EfficientNet-style timm model plus its head convolution), so the stem's output can be cached. With
+    ``config.image_feature_blocks`` the features are the pooled outputs of those stages instead of the head's.
     """
 
     def __init__(self, config: MultiModalConfig):
@@ -48,8 +49,13 @@ class ImageEncoder(nn.Module):
         # pretrained=False: from_pretrained and tests must never download; weights come from the checkpoint
         # or from load_pretrained_backbone().
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
-        # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
-        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.feature_blocks: list[int] | None = None
+        if config.image_feature_blocks is None:
+            # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
+            width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        else:
+            self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
+            width = self._feature_width()
         self.projection = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(width, config.image_embed_dim), nn.ReLU()
         )
@@ -59,20 +65,64 @@ class ImageEncoder(nn.Module):
     def num_blocks(self) -> int:
         return len(self.backbone.blocks) if hasattr(self.backbone, "blocks") else 0
 
+    def _has_stages(self) -> bool:
+        return all(hasattr(self.backbone, a) for a in ("conv_stem", "bn1", "blocks", "conv_head"))
+
+    def _resolve_blocks(self, blocks) -> list[int]:
+        n = self.num_blocks
+        if not self._has_stages():
+            raise MMClassifierError(
+                f"image_feature_blocks needs an EfficientNet/MobileNet-style timm backbone; "
+                f"{type(self.backbone).__name__} has no 'blocks'."
+            )
+        if not all(-n <= b < n for b in blocks):
+            raise MMClassifierError(f"image_feature_blocks {list(blocks)}: the backbone has stages 0 to {n - 1} (or -{n} to -1).")
+        return sorted(b % n for b in blocks)
+
+    @torch.no_grad()
+    def _feature_width(self) -> int:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        width = self.pooled_features(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.backbone.train(was_training)
+        return width
+
+    def _pool_blocks(self, x: torch.Tensor, first: int) -> torch.Tensor:
+        """Run stages ``first`` onward on ``x`` (the output of stage ``first - 1``), pooling the chosen ones."""
+        pooled = [x.mean(dim=(2, 3))] if first - 1 in self.feature_blocks else []
+        for index in range(first, self.feature_blocks[-1] + 1):
+            x = self.backbone.blocks[index](x)
+            if index in self.feature_blocks:
+                pooled.append(x.mean(dim=(2, 3)))  # (B, C_index)
+        return torch.cat(pooled, dim=1)
+
+    def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, F): the backbone's pooled head output, or its chosen stages' pooled outputs."""
+        if self.feature_blocks is None:
+            return self.backbone(pixel_values)
+        b = self.backbone
+        return self._pool_blocks(b.bn1(b.conv_stem(pixel_values)), 0)
+
     def _check_split(self, trainable_blocks: int) -> None:
-        if trainable_blocks and not all(hasattr(self.backbone, a) for a in ("conv_stem", "bn1", "blocks", "conv_head")):
+        if trainable_blocks and not self._has_stages():
             raise MMClassifierError(
                 f"trainable_blocks={trainable_blocks} needs an EfficientNet/MobileNet-style timm backbone; "
                 f"{type(self.backbone).__name__} has no 'blocks'. Use 0 (frozen) or train it whole."
             )
         if not 0 <= trainable_blocks <= max(self.num_blocks, 0):
             raise MMClassifierError(f"trainable_blocks must be between 0 and {self.num_blocks}, got {trainable_blocks}.")
+        first_trainable = self.num_blocks - trainable_blocks
+        if trainable_blocks and self.feature_blocks and self.feature_blocks[0] < first_trainable - 1:
+            raise MMClassifierError(
+                f"image_feature_blocks {self.feature_blocks} reach into the frozen stages whose output is cached; "
+                f"with trainable_blocks={trainable_blocks} they must be {first_trainable - 1} or later."
+            )
 
     def stem(self, pixel_values: torch.Tensor, trainable_blocks: int = 0) -> torch.Tensor:
         """The frozen part: (B, 3, H, W) -> pooled (B, F) when nothing trains, else the map entering the tail."""
         self._check_split(trainable_blocks)
         if trainable_blocks == 0:
-            return self.backbone(pixel_values)
+            return self.pooled_features(pixel_values)
         b = self.backbone
         x = b.bn1(b.conv_stem(pixel_values))
         return b.blocks[: self.num_blocks - trainable_blocks](x)
@@ -81,6 +131,8 @@ class ImageEncoder(nn.Module):
         """The trainable part: stem output -> pooled features (B, F)."""
         if trainable_blocks == 0:
             return stem_output
+        if self.feature_blocks is not None:
+            return self._pool_blocks(stem_output, self.num_blocks - trainable_blocks)
         b = self.backbone
         x = b.blocks[self.num_blocks - trainable_blocks :](stem_output)
         return b.forward_head(b.bn2(b.conv_head(x)))
@@ -111,7 +163,7 @@ class ImageEncoder(nn.Module):
     def forward(self, pixel_values=None, stem_output=None, trainable_blocks: int = 0) -> torch.Tensor:
         """(B, 3, H, W) pixels, or a cached stem output, -> (B, image_embed_dim)."""
         if stem_output is None:
-            features = self.backbone(pixel_values)
+            features = self.pooled_features(pixel_values)
         else:
             features = self.tail(stem_output, trainable_blocks)
         return self.projection(features)

@@ -114,6 +114,45 @@ def test_cached_stem_gives_the_same_logits_as_pixels():
     torch.testing.assert_close(direct, cached)
 
 
+def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
+    model = MultiModalClassifier(tiny_config(image_feature_blocks=[-2, -1])).eval()
+    blocks = model.image_encoder.backbone.blocks
+    n = len(blocks)
+    assert model.image_encoder.feature_blocks == [n - 2, n - 1]
+    pixels = inputs()["pixel_values"]
+    # By hand: run the stages, pool the last two, concatenate.
+    b = model.image_encoder.backbone
+    x = b.bn1(b.conv_stem(pixels))
+    pooled = []
+    for index, block in enumerate(blocks):
+        x = block(x)
+        if index >= n - 2:
+            pooled.append(x.mean(dim=(2, 3)))
+    expected = torch.cat(pooled, dim=1)
+    assert model.image_encoder.projection[1].in_features == expected.shape[1]
+    torch.testing.assert_close(model.image_encoder.pooled_features(pixels), expected)
+    direct = model(pixel_values=pixels).logits
+    for trainable in (0, 1, 2, n):  # the cached stem output gives the same features at every split point
+        model.freeze_backbone(trainable)
+        model.eval()
+        stem = model.image_encoder.stem(pixels, trainable_blocks=trainable)
+        torch.testing.assert_close(model(stem_output=stem).logits, direct)
+    model.save_pretrained(tmp_path)
+    loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
+    assert loaded.config.image_feature_blocks == [-2, -1]
+    torch.testing.assert_close(loaded(pixel_values=pixels).logits, direct)
+
+
+def test_chosen_stages_are_checked():
+    with pytest.raises(MMClassifierError, match="stages 0 to"):
+        MultiModalClassifier(tiny_config(image_feature_blocks=[99]))
+    with pytest.raises(ValueError, match="image_feature_blocks"):
+        tiny_config(image_feature_blocks=[1, 1])
+    model = MultiModalClassifier(tiny_config(image_feature_blocks=[0, -1]))
+    with pytest.raises(MMClassifierError, match="frozen stages whose output is cached"):
+        model.freeze_backbone(1)
+
+
 def test_save_and_load_give_identical_logits(tmp_path):
     model = MultiModalClassifier(tiny_config(thresholds=[0.2, 0.4, 0.6])).eval()
     batch = inputs()
