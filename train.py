@@ -38,7 +38,8 @@ from mm_classifier import (
 )
 from mm_classifier.data import check_source
 from mm_classifier.evaluation import (
-    compute_metrics, multi_hot, tune_thresholds, write_model_card, write_pipeline_report,
+    compute_metrics, multi_hot, select_threshold_shrinkage, tune_thresholds, write_model_card,
+    write_pipeline_report,
 )
 from mm_classifier.features import photo_pixels, photos_key, stem_outputs
 from mm_classifier.plots import plot_learning_curves
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--modality", choices=STAGES, help="train only this model, into --output-dir (default: all three)")
     model.add_argument("--backbone", help="timm model name (default: mobilenetv2_100; the sample: test_efficientnet)")
     model.add_argument("--backbone-pad-type", default=None, help="timm pad_type, e.g. 'same' for TensorFlow weights")
+    model.add_argument("--image-feature-blocks", type=int, nargs="+", metavar="STAGE",
+                       help="photo features: pooled outputs of these backbone stages (e.g. 5 6), concatenated, "
+                            "instead of the pooled head output (default)")
     model.add_argument("--image-size", type=int, help="input side in pixels (default: 64 for the sample, else 224)")
     model.add_argument("--image-mean", type=float, nargs=3, help="normalisation mean (default: ImageNet's)")
     model.add_argument("--image-std", type=float, nargs=3, help="normalisation std (default: ImageNet's)")
@@ -279,6 +283,7 @@ def build_model(stage, args, data, previous) -> MultiModalClassifier:
         backbone=args.backbone,
         backbone_kwargs=backbone_kwargs,
         image_size=args.image_size,
+        image_feature_blocks=args.image_feature_blocks,
         image_mean=args.image_mean or (0.485, 0.456, 0.406),
         image_std=args.image_std or (0.229, 0.224, 0.225),
         vocab_size=len(data["tokenizer"]),
@@ -448,9 +453,10 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         accelerator.print(f"[{stage}] resuming from {checkpoint}")
         accelerator.load_state(str(checkpoint))
 
+    backbone = "frozen" if blocks == 0 else "trainable" if blocks is None else f"last {blocks} stages trainable"
     accelerator.print(
-        f"[{stage}] {len(train_rows)} training rows, {len(data['concepts'])} concepts, "
-        f"backbone {'frozen' if blocks == 0 else 'trainable' if blocks is None else f'last {blocks} stages trainable'}"
+        f"[{stage}] {len(train_rows)} training rows, {len(data['concepts'])} concepts"
+        f"{f', backbone {backbone}' if config.uses_image else ''}"
         f"{''.join(f', {name} encoder frozen' for name in sorted(accelerator.unwrap_model(model).frozen_encoders))}"
         f"{', cached features' if uses_stem else ''}, {accelerator.num_processes} process(es) on {accelerator.device}"
     )
@@ -511,11 +517,20 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
 
     unwrapped.load_state_dict(state.best_state)
     val_probs, val_targets, _ = predict_rows(model, val_dl, tables.get("validation"), processor, uses_stem, accelerator, "validating")
-    unwrapped.config.thresholds = tune_thresholds(val_probs, val_targets)
+    # Thresholds: each concept's own, pulled toward a shared one as far as cross-validation over the
+    # validation photos says (README, "Training").
+    val_photos = data["splits"]["validation"]["pairs"].photo_index.numpy()
+    if len(val_photos) != len(val_targets):
+        raise RuntimeError(f"{len(val_targets)} validation predictions for {len(val_photos)} pairs")
+    shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_targets, groups=val_photos)
+    unwrapped.config.thresholds = tune_thresholds(val_probs, val_targets, shrinkage=shrinkage)
     test_probs, test_targets, _ = predict_rows(model, test_dl, tables.get("test"), processor, uses_stem, accelerator, "testing")
     results = {
         **{f"validation_{k}": v for k, v in _summary(compute_metrics(val_probs, val_targets, unwrapped.config.thresholds)).items()},
         **{f"test_{k}": v for k, v in _summary(compute_metrics(test_probs, test_targets, unwrapped.config.thresholds, data["concepts"])).items()},
+        "threshold_shrinkage": shrinkage if math.isfinite(shrinkage) else "shared",
+        # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
+        "threshold_shrinkage_cv_micro_f1": {str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()},
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "train_seconds": round(state.train_seconds, 1),

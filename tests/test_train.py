@@ -26,11 +26,15 @@ def test_tiny_run_writes_a_loadable_model_with_results(tiny_model):
 
 def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_path):
     assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), *TINY_TRAIN_ARGS,
-                       "--epochs", "1"]) == 0
+                       "--epochs", "1", "--image-feature-blocks", "-2", "-1"]) == 0
     for stage in ("image", "text", "fusion"):
         results = json.loads((tmp_path / stage / "all_results.json").read_text())
         assert all(k in results for k in RESULT_KEYS)
-        assert (tmp_path / stage / "config.json").is_file()
+        # The threshold rule chosen by cross-validation, with the score of every candidate.
+        assert set(results["threshold_shrinkage_cv_micro_f1"]) == {"0", "10", "30", "100", "300", "1000", "inf"}
+        assert results["threshold_shrinkage"] == "shared" or results["threshold_shrinkage"] >= 0
+        config = json.loads((tmp_path / stage / "config.json").read_text())
+        assert config["image_feature_blocks"] == [-2, -1]
     report = (tmp_path / "report.md").read_text()
     assert "image model" in report and "text model" in report and "fusion model" in report
     assert "## Training time" in report
