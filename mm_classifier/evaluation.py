@@ -50,19 +50,25 @@ def _best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
     return _cut_between(scores, cuts[int(np.argmax(f1[:-1]))])
 
 
-def _shrunk_thresholds(probabilities, references, strength: float, default: float) -> np.ndarray:
+def _own_and_shared(probabilities, references) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Each concept's F1-best threshold, the one micro-F1-best threshold, and each concept's positive count;
+    None when no row is positive for any concept."""
     positives = references.sum(axis=0)
     if positives.sum() == 0:
-        return np.full(references.shape[1], default)
-    # The one threshold that maximises micro-F1 over all concepts at once.
+        return None
     shared = _best_f1_threshold(references.ravel(), probabilities.ravel())
-    if np.isinf(strength):
-        return np.full(references.shape[1], shared)
+    # A concept without positives (or negatives) has no threshold of its own: it takes the shared one.
     own = np.array([
         _best_f1_threshold(references[:, c], probabilities[:, c]) if 0 < positives[c] < len(references) else shared
         for c in range(references.shape[1])
     ])
-    # A concept without positives (or negatives) has no threshold of its own: it takes the shared one.
+    return own, shared, positives
+
+
+def _shrink(own: np.ndarray, shared: float, positives: np.ndarray, strength: float) -> np.ndarray:
+    """``(n * own + k * shared) / (n + k)`` per concept; k = inf gives every concept the shared threshold."""
+    if np.isinf(strength):
+        return np.full(len(own), shared)
     weight = np.divide(positives, positives + strength, out=np.zeros(len(own)), where=positives + strength > 0)
     return weight * own + (1 - weight) * shared
 
@@ -87,14 +93,17 @@ def select_threshold_shrinkage(
         return float("inf"), {}
     fold_of = dict(zip(names.tolist(), np.random.default_rng(0).permutation(len(names)) % folds))
     fold = np.array([fold_of[g] for g in groups.tolist()])
-    scores = {}
-    for strength in strengths:
-        predicted = np.zeros_like(references, dtype=bool)
-        for k in range(folds):
-            held_out = fold == k
-            thresholds = _shrunk_thresholds(probabilities[~held_out], references[~held_out], strength, 0.5)
-            predicted[held_out] = probabilities[held_out] >= thresholds
-        scores[float(strength)] = float(f1_score(references, predicted, average="micro", zero_division=0))
+    predicted = {float(strength): np.zeros_like(references, dtype=bool) for strength in strengths}
+    for k in range(folds):
+        held_out = fold == k
+        tuned = _own_and_shared(probabilities[~held_out], references[~held_out])
+        for strength, rows in predicted.items():
+            thresholds = np.full(references.shape[1], 0.5) if tuned is None else _shrink(*tuned, strength)
+            rows[held_out] = probabilities[held_out] >= thresholds
+    scores = {
+        strength: float(f1_score(references, rows, average="micro", zero_division=0))
+        for strength, rows in predicted.items()
+    }
     best = max(sorted(scores, reverse=True), key=lambda s: scores[s])  # stable: ties keep the stronger one
     return best, scores
 
@@ -121,7 +130,10 @@ def tune_thresholds(
     probabilities, references = np.asarray(probabilities), np.asarray(references)
     if shrinkage is None:
         shrinkage, _ = select_threshold_shrinkage(probabilities, references, groups)
-    return [float(t) for t in _shrunk_thresholds(probabilities, references, shrinkage, default)]
+    tuned = _own_and_shared(probabilities, references)
+    if tuned is None:
+        return [default] * references.shape[1]
+    return [float(t) for t in _shrink(*tuned, shrinkage)]
 
 
 # --------------------------------------------------------------------------------------------- scoring

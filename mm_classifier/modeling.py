@@ -60,10 +60,19 @@ class ImageEncoder(nn.Module):
             nn.Dropout(config.dropout), nn.Linear(width, config.image_embed_dim), nn.ReLU()
         )
         self.trainable_blocks: int | None = None  # None: everything trains
+        self._freeze_unused()
 
     @property
     def num_blocks(self) -> int:
         return len(self.backbone.blocks) if hasattr(self.backbone, "blocks") else 0
+
+    def _freeze_unused(self) -> None:
+        """With chosen feature stages, the later stages and the head never run: they must not ask for gradients
+        (multi-process training would wait for theirs forever). Their weights stay, so checkpoints still load."""
+        if self.feature_blocks is not None:
+            b = self.backbone
+            for module in (*b.blocks[self.feature_blocks[-1] + 1 :], b.conv_head, b.bn2):
+                module.requires_grad_(False)
 
     def _has_stages(self) -> bool:
         return all(hasattr(self.backbone, a) for a in ("conv_stem", "bn1", "blocks", "conv_head"))
@@ -146,6 +155,7 @@ class ImageEncoder(nn.Module):
             b = self.backbone
             for module in (*b.blocks[self.num_blocks - trainable_blocks :], b.conv_head, b.bn2):
                 module.requires_grad_(True)
+            self._freeze_unused()
         self.train(self.training)
 
     def train(self, mode: bool = True):

@@ -143,6 +143,20 @@ def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
     torch.testing.assert_close(loaded(pixel_values=pixels).logits, direct)
 
 
+def test_with_chosen_stages_every_parameter_that_asks_for_a_gradient_gets_one():
+    # Parameters that ask for a gradient but never get one would stall multi-process (DDP) training.
+    for trainable in (None, 2):  # from scratch, and the last two stages fine-tuned (the last one unused)
+        model = MultiModalClassifier(tiny_config(modality="image", image_feature_blocks=[-3, -2]))
+        if trainable is not None:
+            model.freeze_backbone(trainable)
+        model.train()
+        model(pixel_values=inputs(2)["pixel_values"], labels=torch.ones(2, 3)).loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], (trainable, missing[:3])
+        backbone = model.image_encoder.backbone
+        assert not any(p.requires_grad for p in (*backbone.blocks[-1].parameters(), *backbone.conv_head.parameters()))
+
+
 def test_chosen_stages_are_checked():
     with pytest.raises(MMClassifierError, match="stages 0 to"):
         MultiModalClassifier(tiny_config(image_feature_blocks=[99]))
