@@ -84,6 +84,16 @@ def test_two_cpu_processes_with_accelerate_launch(tiny_folder, tmp_path):
     assert results["test_pairs"] == 35
 
 
+def test_two_cpu_processes_train_an_image_model_on_chosen_stages(tiny_folder, tmp_path):
+    # Stages after the chosen ones never run; if they asked for gradients, DDP would fail at the second step.
+    result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                         "train.py", "--dataset", str(tiny_folder), "--output-dir", str(tmp_path),
+                         "--modality", "image", *TINY_TRAIN_ARGS, "--batch-size", "4", "--image-feature-blocks", "-3", "-2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "all_results.json").read_text())["num_processes"] == 2
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
