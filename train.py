@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--image-feature-blocks", type=int, nargs="+", metavar="STAGE",
                        help="photo features: pooled outputs of these backbone stages (e.g. 5 6), concatenated, "
                             "instead of the pooled head output (default)")
+    model.add_argument("--image-local-projection", action="store_true",
+                       help="project the photo's feature map at every position, then average (default: project "
+                            "the averaged features); the feature cache then holds maps")
     model.add_argument("--image-size", type=int, help="input side in pixels (default: 64 for the sample, else 224)")
     model.add_argument("--image-mean", type=float, nargs=3, help="normalisation mean (default: ImageNet's)")
     model.add_argument("--image-std", type=float, nargs=3, help="normalisation std (default: ImageNet's)")
@@ -284,6 +287,7 @@ def build_model(stage, args, data, previous) -> MultiModalClassifier:
         backbone_kwargs=backbone_kwargs,
         image_size=args.image_size,
         image_feature_blocks=args.image_feature_blocks,
+        image_local_projection=args.image_local_projection,
         image_mean=args.image_mean or (0.485, 0.456, 0.406),
         image_std=args.image_std or (0.229, 0.224, 0.225),
         vocab_size=len(data["tokenizer"]),

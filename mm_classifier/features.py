@@ -94,7 +94,8 @@ def backbone_digest(model, trainable_blocks: int) -> str:
     for name, tensor in sorted(model.image_encoder.backbone.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return _digest(config.backbone, config.backbone_kwargs, config.image_feature_blocks, trainable_blocks, h.hexdigest())
+    return _digest(config.backbone, config.backbone_kwargs, config.image_feature_blocks,
+                   config.image_local_projection, trainable_blocks, h.hexdigest())
 
 
 @torch.no_grad()

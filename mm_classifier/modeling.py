@@ -50,11 +50,13 @@ class ImageEncoder(nn.Module):
         # or from load_pretrained_backbone().
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
         self.feature_blocks: list[int] | None = None
-        if config.image_feature_blocks is None:
+        self.local_projection = config.image_local_projection
+        if config.image_feature_blocks is None and not self.local_projection:
             # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
             width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         else:
-            self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
+            if config.image_feature_blocks is not None:
+                self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
             width = self._feature_width()
         self.projection = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(width, config.image_embed_dim), nn.ReLU()
@@ -97,20 +99,40 @@ class ImageEncoder(nn.Module):
         return width
 
     def _pool_blocks(self, x: torch.Tensor, first: int) -> torch.Tensor:
-        """Run stages ``first`` onward on ``x`` (the output of stage ``first - 1``), pooling the chosen ones."""
-        pooled = [x.mean(dim=(2, 3))] if first - 1 in self.feature_blocks else []
+        """Run stages ``first`` onward on ``x`` (the output of stage ``first - 1``), pooling the chosen ones.
+
+        With a local projection the chosen stages' maps are kept instead: average-pooled to the grid of the
+        coarsest one and concatenated, (B, F, h, w).
+        """
+        maps = [x] if first - 1 in self.feature_blocks else []
         for index in range(first, self.feature_blocks[-1] + 1):
             x = self.backbone.blocks[index](x)
             if index in self.feature_blocks:
-                pooled.append(x.mean(dim=(2, 3)))  # (B, C_index)
-        return torch.cat(pooled, dim=1)
+                maps.append(x)  # (B, C_index, h_index, w_index)
+        if not self.local_projection:
+            return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
+        grid = maps[-1].shape[-2:]
+        return torch.cat([nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
+
+    def _head_map(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        return b.bn2(b.conv_head(x))
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, F): the backbone's pooled head output, or its chosen stages' pooled outputs."""
+        """(B, 3, H, W) -> (B, F): the backbone's pooled head output, or its chosen stages' pooled outputs.
+
+        With ``image_local_projection`` the features are not pooled yet: (B, F, h, w).
+        """
         if self.feature_blocks is None:
-            return self.backbone(pixel_values)
+            return self.backbone.forward_features(pixel_values) if self.local_projection else self.backbone(pixel_values)
         b = self.backbone
         return self._pool_blocks(b.bn1(b.conv_stem(pixel_values)), 0)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled (B, F) features, or a (B, F, h, w) map projected at every position and then averaged."""
+        if features.dim() == 2:
+            return self.projection(features)
+        return self.projection(features.permute(0, 2, 3, 1)).mean(dim=(1, 2))
 
     def _check_split(self, trainable_blocks: int) -> None:
         if trainable_blocks and not self._has_stages():
@@ -143,8 +165,8 @@ class ImageEncoder(nn.Module):
         if self.feature_blocks is not None:
             return self._pool_blocks(stem_output, self.num_blocks - trainable_blocks)
         b = self.backbone
-        x = b.blocks[self.num_blocks - trainable_blocks :](stem_output)
-        return b.forward_head(b.bn2(b.conv_head(x)))
+        x = self._head_map(b.blocks[self.num_blocks - trainable_blocks :](stem_output))
+        return x if self.local_projection else b.forward_head(x)
 
     def freeze(self, trainable_blocks: int) -> None:
         """Freeze the backbone except its last ``trainable_blocks`` stages (and head conv); 0 freezes it all."""
@@ -176,7 +198,7 @@ class ImageEncoder(nn.Module):
             features = self.pooled_features(pixel_values)
         else:
             features = self.tail(stem_output, trainable_blocks)
-        return self.projection(features)
+        return self.project(features)
 
 
 class TextEncoder(nn.Module):

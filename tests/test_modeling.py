@@ -143,16 +143,57 @@ def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
     torch.testing.assert_close(loaded(pixel_values=pixels).logits, direct)
 
 
+@pytest.mark.parametrize("blocks", [None, [-3, -1]])
+def test_local_projection_projects_every_position_then_averages(blocks, tmp_path):
+    model = MultiModalClassifier(tiny_config(image_feature_blocks=blocks, image_local_projection=True)).eval()
+    encoder = model.image_encoder
+    batch = {**inputs(), "pixel_values": torch.randn(3, 3, 64, 64)}  # 64 px: the head's map is 2x2, not 1x1
+    pixels = batch["pixel_values"]
+    # By hand: the feature map (the head's, or the chosen stages' pooled to the coarsest grid), the projection
+    # at every position, then the average.
+    b = encoder.backbone
+    x = b.bn1(b.conv_stem(pixels))
+    maps = []
+    for index, block in enumerate(b.blocks):
+        x = block(x)
+        if blocks and index in encoder.feature_blocks:
+            maps.append(x)
+    if blocks is None:
+        features = b.bn2(b.conv_head(x))
+    else:
+        grid = maps[-1].shape[-2:]
+        assert maps[0].shape[-1] > grid[-1]  # two resolutions: the finer one is pooled
+        features = torch.cat([torch.nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
+    expected = encoder.projection(features.permute(0, 2, 3, 1)).mean(dim=(1, 2))
+    torch.testing.assert_close(encoder(pixels), expected)
+    assert not torch.allclose(expected, encoder.projection(features.mean(dim=(2, 3))))  # not pool-then-project
+    direct = model(**batch).logits
+    for trainable in (0, 2, encoder.num_blocks):  # cached maps at several split points give the same logits
+        model.freeze_backbone(trainable)
+        model.eval()
+        stem = encoder.stem(pixels, trainable_blocks=trainable)
+        assert stem.dim() == 4
+        text = {k: v for k, v in batch.items() if k != "pixel_values"}
+        torch.testing.assert_close(model(stem_output=stem, **text).logits, direct)
+    model.save_pretrained(tmp_path)
+    loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
+    assert loaded.config.image_local_projection is True
+    torch.testing.assert_close(loaded(**batch).logits, direct)
+    with pytest.raises(ValueError, match="image_local_projection"):
+        tiny_config(image_local_projection="yes")
+
+
 def test_with_chosen_stages_every_parameter_that_asks_for_a_gradient_gets_one():
     # Parameters that ask for a gradient but never get one would stall multi-process (DDP) training.
-    for trainable in (None, 2):  # from scratch, and the last two stages fine-tuned (the last one unused)
-        model = MultiModalClassifier(tiny_config(modality="image", image_feature_blocks=[-3, -2]))
+    for trainable, local in ((None, False), (2, False), (2, True)):  # from scratch, the last two stages trained
+        model = MultiModalClassifier(tiny_config(modality="image", image_feature_blocks=[-3, -2],
+                                                 image_local_projection=local))
         if trainable is not None:
             model.freeze_backbone(trainable)
         model.train()
         model(pixel_values=inputs(2)["pixel_values"], labels=torch.ones(2, 3)).loss.backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        assert missing == [], (trainable, missing[:3])
+        assert missing == [], (trainable, local, missing[:3])
         backbone = model.image_encoder.backbone
         assert not any(p.requires_grad for p in (*backbone.blocks[-1].parameters(), *backbone.conv_head.parameters()))
 

@@ -26,7 +26,8 @@ def test_tiny_run_writes_a_loadable_model_with_results(tiny_model):
 
 def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_path):
     assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), *TINY_TRAIN_ARGS,
-                       "--epochs", "1", "--image-feature-blocks", "-2", "-1"]) == 0
+                       "--epochs", "1", "--image-feature-blocks", "-2", "-1", "--image-local-projection",
+                       "--trainable-blocks", "0"]) == 0  # a frozen backbone: cached feature maps
     for stage in ("image", "text", "fusion"):
         results = json.loads((tmp_path / stage / "all_results.json").read_text())
         assert all(k in results for k in RESULT_KEYS)
@@ -34,7 +35,7 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
         assert set(results["threshold_shrinkage_cv_micro_f1"]) == {"0", "10", "30", "100", "300", "1000", "inf"}
         assert results["threshold_shrinkage"] == "shared" or results["threshold_shrinkage"] >= 0
         config = json.loads((tmp_path / stage / "config.json").read_text())
-        assert config["image_feature_blocks"] == [-2, -1]
+        assert config["image_feature_blocks"] == [-2, -1] and config["image_local_projection"] is True
     report = (tmp_path / "report.md").read_text()
     assert "image model" in report and "text model" in report and "fusion model" in report
     assert "## Training time" in report
@@ -89,7 +90,8 @@ def test_two_cpu_processes_train_an_image_model_on_chosen_stages(tiny_folder, tm
     result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "train.py", "--dataset", str(tiny_folder), "--output-dir", str(tmp_path),
-                         "--modality", "image", *TINY_TRAIN_ARGS, "--batch-size", "4", "--image-feature-blocks", "-3", "-2"])
+                         "--modality", "image", *TINY_TRAIN_ARGS, "--batch-size", "4", "--image-feature-blocks", "-3", "-2",
+                         "--image-local-projection"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "all_results.json").read_text())["num_processes"] == 2
 
