@@ -324,14 +324,14 @@ def trainable_blocks_for(stage, args, model, previous) -> int | None:
 # --------------------------------------------------------------------------------------------- loops
 
 
-def batch_inputs(batch, model, photo_table, processor, uses_stem, training):
-    """Model keyword arguments for a batch of Rows."""
+def batch_inputs(batch, model, photo_table, processor, photo_input, training):
+    """Model keyword arguments for a batch of Rows; ``photo_input`` says what the photo table holds."""
     config = model.config
     inputs = {"labels": batch["labels"]}
     if config.uses_image:
         photos = photo_table[batch["photo_index"].cpu()].to(batch["labels"].device)
-        if uses_stem:
-            inputs["stem_output"] = photos.float()
+        if photo_input in ("stem_output", "image_embeds"):
+            inputs[photo_input] = photos.float()
         else:
             pixels = processor.normalize(photos)  # (B, 3, S, S)
             if training:  # horizontal flips: no concept depends on left and right
@@ -346,12 +346,21 @@ def batch_inputs(batch, model, photo_table, processor, uses_stem, training):
 
 
 @torch.no_grad()
-def predict_rows(model, dataloader, photo_table, processor, uses_stem, accelerator, desc):
+def frozen_image_embeds(model, stems: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """(P, image_embed_dim) embeddings of a frozen image encoder (inference mode) for cached stem outputs."""
+    encoder = model.image_encoder.to(device)
+    assert not encoder.training, "a frozen encoder is in inference mode"
+    return torch.cat([model.encode_image(stem_output=stems[s : s + batch_size].to(device).float()).cpu()
+                      for s in range(0, len(stems), batch_size)])
+
+
+@torch.no_grad()
+def predict_rows(model, dataloader, photo_table, processor, photo_input, accelerator, desc):
     """Probabilities, targets and mean loss over a (sharded) dataloader, gathered across processes."""
     model.eval()
     probabilities, targets, losses = [], [], []
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
-        output = model(**batch_inputs(batch, accelerator.unwrap_model(model), photo_table, processor, uses_stem, False))
+        output = model(**batch_inputs(batch, accelerator.unwrap_model(model), photo_table, processor, photo_input, False))
         probs, labels = accelerator.gather_for_metrics((torch.sigmoid(output.logits.float()), batch["labels"]))
         loss = accelerator.gather_for_metrics(output.loss.detach().float().repeat(len(batch["labels"])))
         probabilities.append(probs.cpu())
@@ -406,6 +415,9 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         # Only encoders that come trained from the earlier stages are frozen; a fresh one must learn.
         model.freeze_encoders(image="image" in previous, text="text" in previous)
     uses_stem = config.uses_image and blocks is not None and args.cache_features
+    # A frozen image encoder on cached features gives each photo one embedding: compute it once.
+    uses_embeds = uses_stem and "image" in model.frozen_encoders
+    photo_input = "image_embeds" if uses_embeds else "stem_output" if uses_stem else "pixel_values"
     if accelerator.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
@@ -418,6 +430,8 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
                 if uses_stem:
                     key = photos_key(part["photos"]) + str(config.image_size)
                     pixels = stem_outputs(pixels, key, model, processor, blocks, device=accelerator.device)
+            if uses_embeds:
+                pixels = frozen_image_embeds(model, pixels, accelerator.device)
             tables[split] = pixels
 
     train_rows = data["splits"]["train"]["pairs"]
@@ -481,7 +495,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
             # makes the same draws as an uninterrupted one.
             torch.manual_seed(args.seed * 1_000_003 + state.global_step * 101 + accelerator.process_index)
             with accelerator.accumulate(model):
-                output = model(**batch_inputs(batch, unwrapped, tables.get("train"), processor, uses_stem, True))
+                output = model(**batch_inputs(batch, unwrapped, tables.get("train"), processor, photo_input, True))
                 accelerator.backward(output.loss)
                 optimizer.step()
                 scheduler.step()
@@ -497,7 +511,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
                     if args.kill_after_checkpoint == state.global_step:  # tests: a crash right after a checkpoint
                         os.kill(os.getpid(), signal.SIGKILL)
         state.train_seconds += time.perf_counter() - epoch_started
-        probs, targets, val_loss = predict_rows(model, val_dl, tables.get("validation"), processor, uses_stem, accelerator, "validating")
+        probs, targets, val_loss = predict_rows(model, val_dl, tables.get("validation"), processor, photo_input, accelerator, "validating")
         metrics = compute_metrics(probs, targets, 0.5, data["concepts"])
         train_loss = float(accelerator.gather(torch.tensor([np.mean(losses) if losses else 0.0], device=accelerator.device)).mean())
         record = {
@@ -520,7 +534,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         state.step_in_epoch = 0
 
     unwrapped.load_state_dict(state.best_state)
-    val_probs, val_targets, _ = predict_rows(model, val_dl, tables.get("validation"), processor, uses_stem, accelerator, "validating")
+    val_probs, val_targets, _ = predict_rows(model, val_dl, tables.get("validation"), processor, photo_input, accelerator, "validating")
     # Thresholds: each concept's own, pulled toward a shared one as far as cross-validation over the
     # validation photos says (README, "Training").
     val_photos = data["splits"]["validation"]["pairs"].photo_index.numpy()
@@ -528,7 +542,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         raise RuntimeError(f"{len(val_targets)} validation predictions for {len(val_photos)} pairs")
     shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_targets, groups=val_photos)
     unwrapped.config.thresholds = tune_thresholds(val_probs, val_targets, shrinkage=shrinkage)
-    test_probs, test_targets, _ = predict_rows(model, test_dl, tables.get("test"), processor, uses_stem, accelerator, "testing")
+    test_probs, test_targets, _ = predict_rows(model, test_dl, tables.get("test"), processor, photo_input, accelerator, "testing")
     results = {
         **{f"validation_{k}": v for k, v in _summary(compute_metrics(val_probs, val_targets, unwrapped.config.thresholds)).items()},
         **{f"test_{k}": v for k, v in _summary(compute_metrics(test_probs, test_targets, unwrapped.config.thresholds, data["concepts"])).items()},

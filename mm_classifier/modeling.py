@@ -306,6 +306,7 @@ class MultiModalClassifier(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         stem_output: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> MultiModalOutput:
         """Predict concept logits from a photo (``pixel_values`` or a cached ``stem_output``) and/or a caption.
@@ -315,13 +316,17 @@ class MultiModalClassifier(PreTrainedModel):
             input_ids, attention_mask: (B, T) caption tokens.
             labels: (B, num_concepts) multi-hot targets; when given, ``loss`` is computed.
             stem_output: cached output of the frozen backbone part, instead of ``pixel_values``.
+            image_embeds: (B, image_embed_dim) from :meth:`encode_image`, instead of either (a frozen image
+                encoder's embeddings can be computed once per photo).
         """
-        has_image = pixel_values is not None or stem_output is not None
+        has_image = pixel_values is not None or stem_output is not None or image_embeds is not None
         has_text = input_ids is not None
         if not has_image and not has_text:
             raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
-        image_embeds = text_embeds = None
-        if has_image and self.config.uses_image:
+        text_embeds = None
+        if not self.config.uses_image:
+            image_embeds = None
+        elif has_image and image_embeds is None:
             image_embeds = self.encode_image(pixel_values, stem_output)  # (B, Di)
         if has_text and self.config.uses_text:
             text_embeds = self.encode_text(input_ids, attention_mask)  # (B, Dt)

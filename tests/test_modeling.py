@@ -112,6 +112,14 @@ def test_cached_stem_gives_the_same_logits_as_pixels():
     direct = model(**batch).logits
     cached = model(stem_output=stem, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(direct, cached)
+    # Precomputed image embeddings (train.py's path for a frozen image encoder) give the same logits too.
+    embeds = model.encode_image(stem_output=stem)
+    given = model(image_embeds=embeds, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(given.logits, direct)
+    torch.testing.assert_close(model(image_embeds=embeds).logits, model(pixel_values=batch["pixel_values"]).logits)
+    text_only = MultiModalClassifier(tiny_config(modality="text")).eval()  # a text model ignores a photo
+    torch.testing.assert_close(text_only(image_embeds=embeds, input_ids=batch["input_ids"]).logits,
+                               text_only(input_ids=batch["input_ids"]).logits)
 
 
 def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
