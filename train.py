@@ -349,9 +349,13 @@ def batch_inputs(batch, model, photo_table, processor, photo_input, training):
 def frozen_image_embeds(model, stems: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
     """(P, image_embed_dim) embeddings of a frozen image encoder (inference mode) for cached stem outputs."""
     encoder = model.image_encoder.to(device)
-    assert not encoder.training, "a frozen encoder is in inference mode"
-    return torch.cat([model.encode_image(stem_output=stems[s : s + batch_size].to(device).float()).cpu()
-                      for s in range(0, len(stems), batch_size)])
+    was_training = encoder.training
+    encoder.eval()  # a frozen encoder already is; its embedding must not depend on dropout draws
+    try:
+        return torch.cat([model.encode_image(stem_output=stems[s : s + batch_size].to(device).float()).cpu()
+                          for s in range(0, len(stems), batch_size)])
+    finally:
+        encoder.train(was_training)
 
 
 @torch.no_grad()
