@@ -114,10 +114,6 @@ class ImageEncoder(nn.Module):
         grid = maps[-1].shape[-2:]
         return torch.cat([nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
 
-    def _head_map(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        return b.bn2(b.conv_head(x))
-
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, F): the backbone's pooled head output, or its chosen stages' pooled outputs.
 
@@ -150,7 +146,8 @@ class ImageEncoder(nn.Module):
             )
 
     def stem(self, pixel_values: torch.Tensor, trainable_blocks: int = 0) -> torch.Tensor:
-        """The frozen part: (B, 3, H, W) -> pooled (B, F) when nothing trains, else the map entering the tail."""
+        """The frozen part: (B, 3, H, W) -> the features when nothing trains (pooled (B, F), or (B, F, h, w) with
+        a local projection), else the map entering the tail."""
         self._check_split(trainable_blocks)
         if trainable_blocks == 0:
             return self.pooled_features(pixel_values)
@@ -159,13 +156,13 @@ class ImageEncoder(nn.Module):
         return b.blocks[: self.num_blocks - trainable_blocks](x)
 
     def tail(self, stem_output: torch.Tensor, trainable_blocks: int = 0) -> torch.Tensor:
-        """The trainable part: stem output -> pooled features (B, F)."""
+        """The trainable part: stem output -> features (pooled (B, F), or (B, F, h, w) with a local projection)."""
         if trainable_blocks == 0:
             return stem_output
         if self.feature_blocks is not None:
             return self._pool_blocks(stem_output, self.num_blocks - trainable_blocks)
         b = self.backbone
-        x = self._head_map(b.blocks[self.num_blocks - trainable_blocks :](stem_output))
+        x = b.bn2(b.conv_head(b.blocks[self.num_blocks - trainable_blocks :](stem_output)))
         return x if self.local_projection else b.forward_head(x)
 
     def freeze(self, trainable_blocks: int) -> None:
