@@ -194,6 +194,7 @@ class Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {
+            "row": i,  # which row: for tables computed once per row (a frozen text encoder's embeddings)
             "photo_index": self.photo_index[i],
             "input_ids": self.input_ids[i],
             "attention_mask": self.attention_mask[i],
@@ -324,12 +325,16 @@ def trainable_blocks_for(stage, args, model, previous) -> int | None:
 # --------------------------------------------------------------------------------------------- loops
 
 
-def batch_inputs(batch, model, photo_table, processor, photo_input, training):
-    """Model keyword arguments for a batch of Rows; ``photo_input`` says what the photo table holds."""
+def batch_inputs(batch, model, tables, processor, photo_input, training):
+    """Model keyword arguments for a batch of Rows.
+
+    ``tables["photos"]`` holds one entry per photo, what ``photo_input`` names; ``tables["text_embeds"]``, when
+    present, a frozen text encoder's embedding of each row's caption.
+    """
     config = model.config
     inputs = {"labels": batch["labels"]}
     if config.uses_image:
-        photos = photo_table[batch["photo_index"].cpu()].to(batch["labels"].device)
+        photos = tables["photos"][batch["photo_index"].cpu()].to(batch["labels"].device)
         if photo_input in ("stem_output", "image_embeds"):
             inputs[photo_input] = photos.float()
         else:
@@ -338,7 +343,9 @@ def batch_inputs(batch, model, photo_table, processor, photo_input, training):
                 flip = torch.rand(len(pixels), device=pixels.device) < 0.5
                 pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
             inputs["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last)
-    if config.uses_text:
+    if config.uses_text and tables.get("text_embeds") is not None:
+        inputs["text_embeds"] = tables["text_embeds"][batch["row"].cpu()].to(batch["labels"].device)
+    elif config.uses_text:
         length = max(1, int(batch["attention_mask"].sum(1).max()))  # trim padding shared by the batch
         inputs["input_ids"] = batch["input_ids"][:, :length]
         inputs["attention_mask"] = batch["attention_mask"][:, :length]
@@ -346,25 +353,26 @@ def batch_inputs(batch, model, photo_table, processor, photo_input, training):
 
 
 @torch.no_grad()
-def frozen_image_embeds(model, stems: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
-    """(P, image_embed_dim) embeddings of a frozen image encoder (inference mode) for cached stem outputs."""
-    encoder = model.image_encoder.to(device)
+def frozen_embeds(encoder, encode, inputs: list[torch.Tensor], device, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) embeddings of a frozen encoder (inference mode): ``encode`` on batches of the ``inputs`` tensors."""
+    encoder.to(device)
     was_training = encoder.training
     encoder.eval()  # a frozen encoder already is; its embedding must not depend on dropout draws
     try:
-        return torch.cat([model.encode_image(stem_output=stems[s : s + batch_size].to(device).float()).cpu()
-                          for s in range(0, len(stems), batch_size)])
+        return torch.cat([
+            encode(*(t[s : s + batch_size].to(device) for t in inputs)).cpu() for s in range(0, len(inputs[0]), batch_size)
+        ])
     finally:
         encoder.train(was_training)
 
 
 @torch.no_grad()
-def predict_rows(model, dataloader, photo_table, processor, photo_input, accelerator, desc):
+def predict_rows(model, dataloader, tables, processor, photo_input, accelerator, desc):
     """Probabilities, targets and mean loss over a (sharded) dataloader, gathered across processes."""
     model.eval()
     probabilities, targets, losses = [], [], []
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
-        output = model(**batch_inputs(batch, accelerator.unwrap_model(model), photo_table, processor, photo_input, False))
+        output = model(**batch_inputs(batch, accelerator.unwrap_model(model), tables, processor, photo_input, False))
         probs, labels = accelerator.gather_for_metrics((torch.sigmoid(output.logits.float()), batch["labels"]))
         loss = accelerator.gather_for_metrics(output.loss.detach().float().repeat(len(batch["labels"])))
         probabilities.append(probs.cpu())
@@ -425,18 +433,25 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     if accelerator.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    # Photo tensors per split: resized pixels, or the cached output of the frozen backbone part.
-    tables = {}
-    if config.uses_image:
-        for split, part in data["splits"].items():
+    # Per split: the photos' resized pixels, the cached output of the frozen backbone part or a frozen image
+    # encoder's embeddings; and a frozen text encoder's embedding of each pair's caption, computed once.
+    tables = {split: {} for split in data["splits"]}
+    for split, part in data["splits"].items():
+        if config.uses_image:
             with accelerator.main_process_first():
                 pixels = photo_pixels(part["photos"], processor, num_proc=args.preprocessing_num_proc)
                 if uses_stem:
                     key = photos_key(part["photos"]) + str(config.image_size)
                     pixels = stem_outputs(pixels, key, model, processor, blocks, device=accelerator.device)
             if uses_embeds:
-                pixels = frozen_image_embeds(model, pixels, accelerator.device)
-            tables[split] = pixels
+                pixels = frozen_embeds(model.image_encoder, lambda s: model.encode_image(stem_output=s.float()),
+                                       [pixels], accelerator.device)
+            tables[split]["photos"] = pixels
+        if "text" in model.frozen_encoders:
+            rows = part["pairs"]
+            tables[split]["text_embeds"] = frozen_embeds(
+                model.text_encoder, model.encode_text, [rows.input_ids, rows.attention_mask], accelerator.device
+            )
 
     train_rows = data["splits"]["train"]["pairs"]
     if stage == "image":
@@ -499,7 +514,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
             # makes the same draws as an uninterrupted one.
             torch.manual_seed(args.seed * 1_000_003 + state.global_step * 101 + accelerator.process_index)
             with accelerator.accumulate(model):
-                output = model(**batch_inputs(batch, unwrapped, tables.get("train"), processor, photo_input, True))
+                output = model(**batch_inputs(batch, unwrapped, tables["train"], processor, photo_input, True))
                 accelerator.backward(output.loss)
                 optimizer.step()
                 scheduler.step()
@@ -515,7 +530,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
                     if args.kill_after_checkpoint == state.global_step:  # tests: a crash right after a checkpoint
                         os.kill(os.getpid(), signal.SIGKILL)
         state.train_seconds += time.perf_counter() - epoch_started
-        probs, targets, val_loss = predict_rows(model, val_dl, tables.get("validation"), processor, photo_input, accelerator, "validating")
+        probs, targets, val_loss = predict_rows(model, val_dl, tables["validation"], processor, photo_input, accelerator, "validating")
         metrics = compute_metrics(probs, targets, 0.5, data["concepts"])
         train_loss = float(accelerator.gather(torch.tensor([np.mean(losses) if losses else 0.0], device=accelerator.device)).mean())
         record = {
@@ -538,7 +553,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         state.step_in_epoch = 0
 
     unwrapped.load_state_dict(state.best_state)
-    val_probs, val_targets, _ = predict_rows(model, val_dl, tables.get("validation"), processor, photo_input, accelerator, "validating")
+    val_probs, val_targets, _ = predict_rows(model, val_dl, tables["validation"], processor, photo_input, accelerator, "validating")
     # Thresholds: each concept's own, pulled toward a shared one as far as cross-validation over the
     # validation photos says (README, "Training").
     val_photos = data["splits"]["validation"]["pairs"].photo_index.numpy()
@@ -546,7 +561,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
         raise RuntimeError(f"{len(val_targets)} validation predictions for {len(val_photos)} pairs")
     shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_targets, groups=val_photos)
     unwrapped.config.thresholds = tune_thresholds(val_probs, val_targets, shrinkage=shrinkage)
-    test_probs, test_targets, _ = predict_rows(model, test_dl, tables.get("test"), processor, photo_input, accelerator, "testing")
+    test_probs, test_targets, _ = predict_rows(model, test_dl, tables["test"], processor, photo_input, accelerator, "testing")
     results = {
         **{f"validation_{k}": v for k, v in _summary(compute_metrics(val_probs, val_targets, unwrapped.config.thresholds)).items()},
         **{f"test_{k}": v for k, v in _summary(compute_metrics(test_probs, test_targets, unwrapped.config.thresholds, data["concepts"])).items()},

@@ -304,6 +304,7 @@ class MultiModalClassifier(PreTrainedModel):
         labels: torch.Tensor | None = None,
         stem_output: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> MultiModalOutput:
         """Predict concept logits from a photo (``pixel_values`` or a cached ``stem_output``) and/or a caption.
@@ -315,17 +316,20 @@ class MultiModalClassifier(PreTrainedModel):
             stem_output: cached output of the frozen backbone part, instead of ``pixel_values``.
             image_embeds: (B, image_embed_dim) from :meth:`encode_image`, instead of either (a frozen image
                 encoder's embeddings can be computed once per photo).
+            text_embeds: (B, text_embed_dim) from :meth:`encode_text`, instead of ``input_ids`` (likewise once
+                per caption for a frozen text encoder).
         """
         has_image = pixel_values is not None or stem_output is not None or image_embeds is not None
-        has_text = input_ids is not None
+        has_text = input_ids is not None or text_embeds is not None
         if not has_image and not has_text:
             raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
-        text_embeds = None
         if not self.config.uses_image:
             image_embeds = None
         elif has_image and image_embeds is None:
             image_embeds = self.encode_image(pixel_values, stem_output)  # (B, Di)
-        if has_text and self.config.uses_text:
+        if not self.config.uses_text:
+            text_embeds = None
+        elif has_text and text_embeds is None:
             text_embeds = self.encode_text(input_ids, attention_mask)  # (B, Dt)
         if self.training:
             # A frozen encoder runs in inference mode; its embedding gets the dropout its own layers would apply.

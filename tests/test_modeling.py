@@ -117,9 +117,17 @@ def test_cached_stem_gives_the_same_logits_as_pixels():
     given = model(image_embeds=embeds, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(given.logits, direct)
     torch.testing.assert_close(model(image_embeds=embeds).logits, model(pixel_values=batch["pixel_values"]).logits)
+    # So do precomputed caption embeddings (a frozen text encoder's), alone or with the photo's.
+    text_embeds = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(model(image_embeds=embeds, text_embeds=text_embeds).logits, direct)
+    torch.testing.assert_close(model(text_embeds=text_embeds).logits,
+                               model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
     text_only = MultiModalClassifier(tiny_config(modality="text")).eval()  # a text model ignores a photo
     torch.testing.assert_close(text_only(image_embeds=embeds, input_ids=batch["input_ids"]).logits,
                                text_only(input_ids=batch["input_ids"]).logits)
+    image_only = MultiModalClassifier(tiny_config(modality="image")).eval()  # an image model ignores a caption
+    torch.testing.assert_close(image_only(pixel_values=batch["pixel_values"], text_embeds=text_embeds).logits,
+                               image_only(pixel_values=batch["pixel_values"]).logits)
 
 
 def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
