@@ -439,10 +439,15 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     for split, part in data["splits"].items():
         if config.uses_image:
             with accelerator.main_process_first():
-                pixels = photo_pixels(part["photos"], processor, num_proc=args.preprocessing_num_proc)
-                if uses_stem:
+                def load_pixels(photos=part["photos"]):
+                    return photo_pixels(photos, processor, num_proc=args.preprocessing_num_proc)
+
+                if uses_stem:  # the pixels are loaded only if the backbone's outputs are not cached yet
                     key = photos_key(part["photos"]) + str(config.image_size)
-                    pixels = stem_outputs(pixels, key, model, processor, blocks, device=accelerator.device)
+                    pixels = stem_outputs(load_pixels, key, model, processor, blocks, device=accelerator.device,
+                                          num_photos=len(part["photos"]))
+                else:
+                    pixels = load_pixels()
             if uses_embeds:
                 pixels = frozen_embeds(model.image_encoder, lambda s: model.encode_image(stem_output=s.float()),
                                        [pixels], accelerator.device)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from typing import Callable
 
 import datasets
 import numpy as np
@@ -100,18 +101,21 @@ def backbone_digest(model, trainable_blocks: int) -> str:
 
 @torch.no_grad()
 def stem_outputs(
-    pixels: torch.Tensor,
+    pixels: torch.Tensor | Callable[[], torch.Tensor],
     pixels_key: str,
     model,
     processor: MultiModalProcessor,
     trainable_blocks: int,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    num_photos: int | None = None,
 ) -> torch.Tensor:
     """Outputs of the frozen backbone part for every photo, cached on disk in float16.
 
     Args:
-        pixels: (P, 3, S, S) uint8 from :func:`photo_pixels`.
+        pixels: (P, 3, S, S) uint8 from :func:`photo_pixels`, or a function that returns them: it is called
+            only when the outputs are not cached yet (then ``num_photos`` must say P), so a cached run never
+            loads the pixels.
         trainable_blocks: 0 caches the pooled features (P, F); N > 0 caches the map entering the last N stages.
 
     Returns:
@@ -126,14 +130,22 @@ def stem_outputs(
     was_training = encoder.training
     encoder.eval()
     encoder.to(memory_format=torch.channels_last)  # faster on CPU (README, Performance) and on GPU
+    if callable(pixels):
+        if num_photos is None:
+            raise TypeError("stem_outputs: pass num_photos with a function that loads the pixels")
+        load, loaded = pixels, []
+    else:
+        num_photos, loaded = len(pixels), [pixels]
 
     def run(batch):
+        if not loaded:  # a cache miss: now the pixels are needed
+            loaded.append(load())
         index = torch.as_tensor(batch["photo"])
-        x = processor.normalize(pixels[index]).to(device).contiguous(memory_format=torch.channels_last)
+        x = processor.normalize(loaded[0][index]).to(device).contiguous(memory_format=torch.channels_last)
         out = encoder.stem(x, trainable_blocks).float().cpu()
         return {"shape": [list(out.shape[1:])] * len(out), "stem": out.flatten(1).half().numpy()}
 
-    table = datasets.Dataset.from_dict({"photo": list(range(len(pixels)))})
+    table = datasets.Dataset.from_dict({"photo": list(range(num_photos))})
     try:
         cached = table.map(
             run,
@@ -147,5 +159,5 @@ def stem_outputs(
     finally:
         encoder.train(was_training)
     shape = cached[0]["shape"]
-    return torch.from_numpy(_column_array(cached, "stem", np.float16)).view(len(pixels), *shape)
+    return torch.from_numpy(_column_array(cached, "stem", np.float16)).view(num_photos, *shape)
 
