@@ -86,7 +86,7 @@ def main():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     if device.type == "cuda":
-        pixels = pixels.pin_memory()
+        pixels = pixels.tensor().pin_memory()
 
     def recompute(index):
         inputs = processor.normalize(pixels[index].to(device, non_blocking=True))

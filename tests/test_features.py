@@ -1,10 +1,12 @@
 """The on-disk photo caches: resized pixels and frozen backbone outputs, reused by a second run."""
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
 from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, load_flickr8k
-from mm_classifier.features import photo_pixels, photos_key, stem_outputs
+from mm_classifier.features import PhotoTable, photo_pixels, photos_key, stem_outputs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,25 @@ def test_pixels_are_cached_and_read_back_unchanged(photos):
     processor = MultiModalProcessor(None, image_size=32)
     first = photo_pixels(photos, processor)
     assert first.shape == (len(photos), 3, 32, 32) and first.dtype == torch.uint8
-    assert torch.equal(photo_pixels(photos, processor), first)
+    assert torch.equal(photo_pixels(photos, processor).tensor(), first.tensor())
+    # The cache key follows the selected photos, not the table underneath a selection.
+    assert photos_key(photos.select([0, 1])) != photos_key(photos.select([1, 2]))
+    assert photos_key(photos.select([0, 1])) == photos_key(photos.select([0, 1, 2]).select([0, 1]))
+
+
+def test_photo_table_indexes_rows_across_arrow_chunks_like_a_tensor():
+    rows = torch.arange(7 * 2 * 3, dtype=torch.float32).view(7, 2, 3)
+    parts = [datasets.Dataset.from_dict({"x": rows[a:b].flatten(1).numpy()}) for a, b in ((0, 3), (3, 4), (4, 7))]
+    table = datasets.concatenate_datasets(parts)
+    assert table.data.column("x").num_chunks == 3
+    photo_table = PhotoTable(table, "x", (2, 3), np.float32)
+    assert len(photo_table) == 7 and photo_table.shape == rows.shape and photo_table.dtype == torch.float32
+    for index in ([6, 0, 3, 3], torch.tensor([5, 2]), slice(1, 6, 2), slice(None), -1, 4, []):
+        assert torch.equal(photo_table[index], rows[index]), index
+    assert torch.equal(photo_table.tensor(), rows)
+    for bad in (7, -8, [0, 9]):
+        with pytest.raises(IndexError):
+            photo_table[bad]
 
 
 def test_cached_backbone_outputs_never_load_the_pixels_again(photos):
@@ -39,7 +59,7 @@ def test_cached_backbone_outputs_never_load_the_pixels_again(photos):
 
     built = stem_outputs(load, key, model, processor, 0, num_photos=len(photos))
     assert calls == [1]  # a cache miss loads the pixels once
-    expected = model.image_encoder.stem(processor.normalize(pixels), 0)
+    expected = model.image_encoder.stem(processor.normalize(pixels.tensor()), 0)
     torch.testing.assert_close(built.float(), expected, atol=1e-2, rtol=1e-2)  # stored in float16
 
     def must_not_load():
