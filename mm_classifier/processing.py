@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
 from .configuration import IMAGENET_MEAN, IMAGENET_STD
@@ -23,8 +23,13 @@ MIN_IMAGE_SIDE = 8  # below this a "photo" carries no usable content
 ImageInput = Any  # PIL image, numpy array (H, W[, C]), path, bytes, or a datasets {"path", "bytes"} dict
 
 
-def load_image(image: ImageInput) -> Image.Image:
+def load_image(image: ImageInput, draft_size: int | None = None) -> Image.Image:
     """Open any supported image input as an RGB PIL image, EXIF orientation applied.
+
+    Args:
+        draft_size: for a JPEG file or bytes, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
+            sides stay at least this many pixels (a big photo resized to 224 px then costs a fraction of a
+            full decode).
 
     Raises:
         MMClassifierError: unreadable, corrupt, non-image, too small, or larger than PIL's decompression-bomb
@@ -53,12 +58,15 @@ def load_image(image: ImageInput) -> Image.Image:
                     f"Unsupported image input of type {type(image).__name__}: pass a PIL image, a numpy array "
                     "or a file path."
                 )
+            if draft_size and pil.format == "JPEG" and pil is not image:
+                pil.draft("RGB", (draft_size, draft_size))
             if pil.width < MIN_IMAGE_SIDE or pil.height < MIN_IMAGE_SIDE:
                 raise MMClassifierError(
                     f"{name} is {pil.width}x{pil.height} pixels: too small to classify "
                     f"(at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE})."
                 )
-            pil = ImageOps.exif_transpose(pil)
+            if pil.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even when upright
+                pil = ImageOps.exif_transpose(pil)
             return _to_rgb(pil)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise MMClassifierError(
@@ -83,6 +91,25 @@ def _from_array(array: np.ndarray) -> Image.Image:
         scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0  # floats in 0..1 or 0..255
         array = np.clip(array * scale, 0, 255).astype(np.uint8)
     return Image.fromarray(array)
+
+
+def _batch_encoder(tokenizer, max_length: int):
+    """A copy of a fast tokenizer's ``tokenizers.Tokenizer`` that pads to the longest caption and truncates to
+    ``max_length`` by itself, as ``tokenizer(text, padding="longest", truncation=True, max_length=...)`` does.
+
+    The ``transformers`` wrapper configures its backend on every call, which costs more than encoding one
+    caption (benchmarks/inference.py). None for a tokenizer without a backend, or one padding on the left.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.pad_token_id is None or tokenizer.padding_side != "right" \
+            or tokenizer.truncation_side != "right":
+        return None
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(backend.to_str())
+    encoder.enable_truncation(max_length=max_length)
+    encoder.enable_padding(direction="right", pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+    return encoder
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -125,6 +152,7 @@ class MultiModalProcessor:
         self.max_length = int(max_length)
         self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
         self._std = torch.tensor(self.image_std).view(3, 1, 1)
+        self._encoder = _batch_encoder(tokenizer, self.max_length)
 
     @classmethod
     def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> "MultiModalProcessor":
@@ -142,7 +170,7 @@ class MultiModalProcessor:
 
         The first half of :meth:`preprocess_image`; training caches its output, which is 4x smaller than floats.
         """
-        pil = self._open_reduced(image)
+        pil = load_image(image, draft_size=self.image_size)
         pil = pil.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -150,20 +178,6 @@ class MultiModalProcessor:
         """uint8 (..., 3, S, S) from :meth:`resize_image` -> normalised float pixel values."""
         mean, std = self._mean.to(pixels.device), self._std.to(pixels.device)
         return (pixels.float() / 255.0 - mean) / std
-
-    def _open_reduced(self, image: ImageInput) -> Image.Image:
-        # For JPEG files, draft() lets libjpeg decode at 1/2, 1/4 or 1/8 scale: a big photo resized to 224 px
-        # then costs a fraction of a full decode.
-        if isinstance(image, (str, os.PathLike, bytes, bytearray, dict)):
-            source = image.get("bytes") or image.get("path") if isinstance(image, dict) else image
-            try:
-                opened = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
-                if opened.format == "JPEG":
-                    opened.draft("RGB", (self.image_size, self.image_size))
-                image = opened if opened.format == "JPEG" else image
-            except Exception:
-                pass  # load_image reports the problem properly
-        return load_image(image)
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -204,9 +218,16 @@ class MultiModalProcessor:
         bad = [type(t).__name__ for t in text if not isinstance(t, str)]
         if bad:
             raise MMClassifierError(f"Captions must be strings; got {bad[0]}.")
-        encoded = self.tokenizer(
-            text, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        if self._encoder is not None:  # the same padding and truncation, without the wrapper's per-call set-up
+            rows = self._encoder.encode_batch(text)
+            encoded = {
+                "input_ids": torch.tensor([row.ids for row in rows], dtype=torch.long).view(len(rows), -1),
+                "attention_mask": torch.tensor([row.attention_mask for row in rows], dtype=torch.long).view(len(rows), -1),
+            }
+        else:
+            encoded = self.tokenizer(
+                text, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
         # Every batch has at least one position, so an all-empty batch still has a (B, 1) shape.
         if encoded["input_ids"].shape[1] == 0:
             pad = self.tokenizer.pad_token_id

@@ -65,9 +65,29 @@ def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
         with pytest.raises(MMClassifierError, match=message):
             load_image(value)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    Image.new("RGB", (50, 50)).save(tmp_path / "bomb.png")
-    with pytest.raises(MMClassifierError, match="too large"):
-        load_image(tmp_path / "bomb.png")
+    # Above twice PIL's limit it refuses; between once and twice it only warns, which is refused too, also on
+    # the processor's path (JPEG draft decoding).
+    processor = MultiModalProcessor(None, image_size=16)
+    for side in (50, 40):
+        for suffix in ("png", "jpg"):
+            path = tmp_path / f"bomb{side}.{suffix}"
+            Image.new("RGB", (side, side)).save(path)
+            for load in (load_image, processor.resize_image):
+                with pytest.raises(MMClassifierError, match="too large"):
+                    load(path)
+
+
+def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
+    tokenizer = build_tokenizer(["a dog on the beach", "a man in a red shirt"] * 2, min_frequency=1)
+    processor = MultiModalProcessor(tokenizer, max_length=4)
+    captions = ["a dog", "", "A MAN in a red shirt on the beach", "zebra!!  ", "dog", "é a\tman"]
+    for batch in (captions, captions[:1], ["", ""], captions[2:3]):
+        expected = tokenizer(batch, padding="longest", truncation=True, max_length=4, return_tensors="pt")
+        got = processor.tokenize(batch)
+        width = max(1, expected["input_ids"].shape[1])  # an all-empty batch keeps one padding position
+        assert got["input_ids"].shape == (len(batch), width)
+        for key in ("input_ids", "attention_mask"):
+            assert torch.equal(got[key][:, : expected[key].shape[1]], expected[key]), (batch, key)
 
 
 def test_save_and_load_round_trip(processor, tmp_path):
