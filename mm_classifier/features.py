@@ -63,11 +63,11 @@ class PhotoTable:
     """
 
     def __init__(self, table: datasets.Dataset, column: str, row_shape: tuple[int, ...], dtype: np.dtype):
-        row_size = int(np.prod(row_shape))
-        self._chunks = [chunk.astype(dtype, copy=False).reshape(-1, row_size) for chunk in _column_chunks(table, column)]
+        self._row_size, self._np_dtype = int(np.prod(row_shape)), np.dtype(dtype)
+        self._chunks = [c.astype(dtype, copy=False).reshape(-1, self._row_size) for c in _column_chunks(table, column)]
         self._starts = np.cumsum([0] + [len(c) for c in self._chunks])  # first row of each chunk, then the end
         self.row_shape = tuple(row_shape)
-        self.dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        self.dtype = torch.from_numpy(np.empty(0, self._np_dtype)).dtype
         if self._starts[-1] != len(table):
             raise ValueError(f"column {column!r}: {self._starts[-1]} rows of {row_shape} for {len(table)} rows")
 
@@ -88,7 +88,7 @@ class PhotoTable:
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"row index out of range for {len(self)} rows")
         chunk_of = np.searchsorted(self._starts, rows, side="right") - 1
-        out = np.empty((len(rows), self._chunks[0].shape[1] if self._chunks else 0), self._chunks[0].dtype if self._chunks else np.uint8)
+        out = np.empty((len(rows), self._row_size), self._np_dtype)
         for chunk in np.unique(chunk_of):
             where = chunk_of == chunk
             out[where] = self._chunks[chunk][rows[where] - self._starts[chunk]]
