@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--concepts", type=Path, help="JSON concept file (concept -> list of words); default: built-in")
     data.add_argument("--num-concepts", type=int, default=20, help="how many of the most frequent concepts to use")
     data.add_argument("--min-votes", type=int, default=2, help="captions (of the other four) that must name a concept")
-    data.add_argument("--seed", type=int, default=0, help="seeds the split (when the data has no lists) and training")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seeds training, and the split (when the data has no lists) unless --split-seed is given")
+    data.add_argument("--split-seed", type=int,
+                      help="seeds only the split (default: --seed): vary --seed alone to retrain on the same split")
 
     model = p.add_argument_group("model")
     model.add_argument("--modality", choices=STAGES, help="train only this model, into --output-dir (default: all three)")
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fusion: keep the encoders of the image and text models fixed and train only the fusion "
                             "layers (default), or fine-tune them too")
     model.add_argument("--dropout", type=float, default=0.3)
+    model.add_argument("--fusion-dropout", type=float, help="dropout of the fusion stage (default: --dropout)")
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int,
@@ -122,6 +126,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         args.pretrained = True
     if args.pretrained is None:
         args.pretrained = not sample
+    if args.split_seed is None:
+        args.split_seed = args.seed
     for name in ("epochs", "image_size"):  # given but not positive (0 must not read as "use the default")
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MMClassifierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -134,6 +140,12 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "gradient_accumulation_steps", "num_concepts", "min_votes", "image_size"):
         if getattr(args, name) < 1:
             raise MMClassifierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    # Modality dropout hides the photo with probability p and, separately, the caption with p: at most half each.
+    for name, low, high, shown in (("dropout", 0, 1, "[0, 1)"), ("fusion_dropout", 0, 1, "[0, 1)"),
+                                   ("modality_dropout", 0, 0.5 + 1e-9, "[0, 0.5]")):
+        value = getattr(args, name)
+        if value is not None and not low <= value < high:
+            raise MMClassifierError(f"--{name.replace('_', '-')} must be in {shown}, got {value}.")
     if args.trainable_blocks is not None and args.trainable_blocks < 0:
         raise MMClassifierError(f"--trainable-blocks must be 0 or more, got {args.trainable_blocks}.")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
@@ -206,14 +218,14 @@ def prepare_data(args, accelerator):
     """Photos, leave-one-out pairs, concepts and tokenizer: shared by all stages."""
     lexicon = load_concept_file(args.concepts) if args.concepts else CONCEPT_LEXICON
     with accelerator.main_process_first():
-        photos = load_flickr8k(args.dataset, seed=args.seed)
+        photos = load_flickr8k(args.dataset, seed=args.split_seed)
         if args.max_train_samples:
             photos["train"] = photos["train"].select(range(min(args.max_train_samples, len(photos["train"]))))
         pairs = to_pairs(photos, min_votes=args.min_votes, num_concepts=args.num_concepts, lexicon=lexicon)
     # The split that outputs/report.md evaluates, by its name in load_flickr8k.
     report_split = "test"
     if len(photos["test"]) == 0 and len(photos["validation"]) > 0:
-        photos, pairs = hold_out_validation(photos, pairs, args.seed, accelerator)
+        photos, pairs = hold_out_validation(photos, pairs, args.split_seed, accelerator)
         report_split = "validation"
     concepts = pairs["train"].features["labels"].feature.names
     for split in ("train", "validation", "test"):
@@ -293,7 +305,7 @@ def build_model(stage, args, data, previous) -> MultiModalClassifier:
         image_std=args.image_std or (0.229, 0.224, 0.225),
         vocab_size=len(data["tokenizer"]),
         pad_token_id=data["tokenizer"].pad_token_id,
-        dropout=args.dropout,
+        dropout=args.fusion_dropout if stage == "fusion" and args.fusion_dropout is not None else args.dropout,
         modality_dropout=args.modality_dropout if stage == "fusion" else 0.0,
         id2label=dict(enumerate(data["concepts"])),
         concept_words={c: list(data["lexicon"].get(c, [c])) for c in data["concepts"]},
@@ -645,7 +657,7 @@ def main(argv=None) -> int:
             trained[stage] = train_stage(stage, args, data, accelerator, stage_dir, trained)
         if not args.modality and not args.skip_report and accelerator.is_main_process:
             report = write_pipeline_report(
-                args.output_dir, {s: args.output_dir / s for s in stages}, args.dataset, seed=args.seed,
+                args.output_dir, {s: args.output_dir / s for s in stages}, args.dataset, seed=args.split_seed,
                 split=data["report_split"],
             )
             accelerator.print(f"Comparison of the three models: {report}")

@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="train, validation or test (default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, help="where to write the report (default: MODEL/eval_SPLIT)")
     parser.add_argument("--compare", nargs="*", default=[], help="other model folders to evaluate on the same pairs")
-    parser.add_argument("--seed", type=int, default=0, help="split seed, as given to train.py")
+    parser.add_argument("--seed", type=int, default=0, help="split seed, as given to train.py (its --split-seed, else its --seed)")
     parser.add_argument("--num-examples", type=int, default=12, help="photos in examples.png")
     return parser
 

@@ -27,7 +27,7 @@ def test_tiny_run_writes_a_loadable_model_with_results(tiny_model):
 def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_path):
     assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), *TINY_TRAIN_ARGS,
                        "--epochs", "1", "--image-feature-blocks", "-2", "-1", "--image-local-projection",
-                       "--trainable-blocks", "0"]) == 0  # a frozen backbone: cached feature maps
+                       "--trainable-blocks", "0", "--fusion-dropout", "0.4"]) == 0  # frozen: cached feature maps
     for stage in ("image", "text", "fusion"):
         results = json.loads((tmp_path / stage / "all_results.json").read_text())
         assert all(k in results for k in RESULT_KEYS)
@@ -36,6 +36,7 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
         assert results["threshold_shrinkage"] == "shared" or results["threshold_shrinkage"] >= 0
         config = json.loads((tmp_path / stage / "config.json").read_text())
         assert config["image_feature_blocks"] == [-2, -1] and config["image_local_projection"] is True
+        assert config["dropout"] == (0.4 if stage == "fusion" else 0.3)  # --fusion-dropout: that stage only
     report = (tmp_path / "report.md").read_text()
     assert "image model" in report and "text model" in report and "fusion model" in report
     assert "## Training time" in report
@@ -45,6 +46,13 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
         single = load_file(tmp_path / stage / "model.safetensors")
         encoder = [k for k in single if k.startswith(f"{stage}_encoder.")]
         assert encoder and all(torch.equal(single[k], fusion[k]) for k in encoder)
+    # benchmarks/fusion_seeds.py trains the fusion stage again on the run's image and text models, from the
+    # run's own arguments: with the run's seed it gives the same fusion model.
+    again = tmp_path / "again"
+    subprocess.run([sys.executable, "benchmarks/fusion_seeds.py", str(tmp_path), "--seeds", "0", "--output-dir",
+                    str(again)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    retrained = load_file(again / f"{tmp_path.name}-seed0" / "fusion" / "model.safetensors")
+    assert retrained.keys() == fusion.keys() and all(torch.equal(retrained[k], fusion[k]) for k in fusion)
 
 
 def run_script(args, timeout=600):
@@ -103,6 +111,8 @@ def test_two_cpu_processes_train_an_image_model_on_chosen_stages(tiny_folder, tm
         (["--dataset", "/no/such/folder"], "does not exist"),
         (["--pretrained", "--dataset", "sample"], "HF_HUB_OFFLINE.*--backbone-weights PATH.*--no-pretrained"),
         (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--fusion-dropout", "1"], r"--fusion-dropout must be in \[0, 1\), got 1.0"),
+        (["--modality-dropout", "0.6"], r"--modality-dropout must be in \[0, 0.5\]"),
         (["--backbone-weights", "/no/weights.safetensors"], "does not exist"),
         (["--push-to-hub", "--hub-model-id", "me/model"], "needs internet"),
     ],
@@ -142,3 +152,15 @@ def test_withheld_test_photos_make_dev_the_test_split_and_hold_out_training_phot
         assert set(new_pairs[split]["image_id"]) == set(new_photos[split]["image_id"])
         assert len(new_pairs[split]) == 5 * len(new_photos[split])
     assert not set(new_photos["train"]["image_id"]) & set(new_photos["validation"]["image_id"])
+
+
+def test_split_seed_keeps_the_split_while_seed_changes_only_training(tiny_folder):
+    from accelerate import Accelerator
+
+    def photos_per_split(*argv):
+        args = train.resolve_defaults(train.build_parser().parse_args(["--dataset", str(tiny_folder), *TINY_TRAIN_ARGS, *argv]))
+        data = train.prepare_data(args, Accelerator(cpu=True))
+        return {split: sorted(part["photos"]["image_id"]) for split, part in data["splits"].items()}
+
+    assert photos_per_split("--seed", "1", "--split-seed", "0") == photos_per_split("--seed", "0")
+    assert photos_per_split("--seed", "1") != photos_per_split("--seed", "0")
