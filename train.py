@@ -141,10 +141,11 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) < 1:
             raise MMClassifierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     # Modality dropout hides the photo with probability p and, separately, the caption with p: at most half each.
-    for name, low, high, shown in (("dropout", 0, 1, "[0, 1)"), ("fusion_dropout", 0, 1, "[0, 1)"),
-                                   ("modality_dropout", 0, 0.5 + 1e-9, "[0, 0.5]")):
+    probability = (lambda p: 0 <= p < 1, "[0, 1)")
+    for name, (valid, shown) in (("dropout", probability), ("fusion_dropout", probability),
+                                 ("modality_dropout", (lambda p: 0 <= p <= 0.5, "[0, 0.5]"))):
         value = getattr(args, name)
-        if value is not None and not low <= value < high:
+        if value is not None and not valid(value):
             raise MMClassifierError(f"--{name.replace('_', '-')} must be in {shown}, got {value}.")
     if args.trainable_blocks is not None and args.trainable_blocks < 0:
         raise MMClassifierError(f"--trainable-blocks must be 0 or more, got {args.trainable_blocks}.")

@@ -57,8 +57,9 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="training seeds of the fusion stage")
     parser.add_argument("--output-dir", type=Path, help="default: a temporary folder")
     parser.add_argument("--target", type=float, default=0.02, help="the margin to count runs against")
-    parser.add_argument("train_args", nargs="*", help="extra train.py arguments (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # extra: train.py arguments, after --
 
     output = args.output_dir or Path(tempfile.mkdtemp(prefix="mm_fusion_seeds_"))
     rows, margins = [], []
@@ -70,7 +71,7 @@ def main():
             shutil.rmtree(folder, ignore_errors=True)
             for stage in ("image", "text"):
                 shutil.copytree(run_dir / stage, folder / stage)
-            command = train_command(run_args, seed, folder) + args.train_args
+            command = train_command(run_args, seed, folder) + extra
             print("$", " ".join(command), flush=True)
             subprocess.run(command, cwd=ROOT, check=True)
             fusion = json.loads((folder / "fusion" / "all_results.json").read_text())

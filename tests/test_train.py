@@ -53,6 +53,11 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
                     str(again)], cwd=ROOT, check=True, capture_output=True, timeout=600)
     retrained = load_file(again / f"{tmp_path.name}-seed0" / "fusion" / "model.safetensors")
     assert retrained.keys() == fusion.keys() and all(torch.equal(retrained[k], fusion[k]) for k in fusion)
+    # Arguments after -- override the run's.
+    subprocess.run([sys.executable, "benchmarks/fusion_seeds.py", str(tmp_path), "--seeds", "0", "--output-dir",
+                    str(again), "--", "--fusion-dropout", "0.2"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    config = json.loads((again / f"{tmp_path.name}-seed0" / "fusion" / "config.json").read_text())
+    assert config["dropout"] == 0.2
 
 
 def run_script(args, timeout=600):
