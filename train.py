@@ -140,7 +140,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "gradient_accumulation_steps", "num_concepts", "min_votes", "image_size"):
         if getattr(args, name) < 1:
             raise MMClassifierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    # Modality dropout hides the photo with probability p and, separately, the caption with p: at most half each.
+    # The config checks these too, but only when the first model is built, after the data has loaded.
     probability = (lambda p: 0 <= p < 1, "[0, 1)")
     for name, (valid, shown) in (("dropout", probability), ("fusion_dropout", probability),
                                  ("modality_dropout", (lambda p: 0 <= p <= 0.5, "[0, 0.5]"))):

@@ -31,8 +31,8 @@ class MultiModalConfig(PreTrainedConfig):
         text_embed_dim: size of the text embedding after the projection of the pooled LSTM states.
         fusion_hidden_sizes: hidden layer sizes of the classifier on the (concatenated) embeddings.
         dropout: dropout before each projection and hidden layer.
-        modality_dropout: in training, the probability that a fusion model loses its photo (and, separately,
-            its caption) for an example, so it learns to predict from either one alone.
+        modality_dropout: in training, the probability (at most 0.5) that a fusion model loses its photo (and,
+            separately, its caption) for an example, so it learns to predict from either one alone.
         thresholds: one decision threshold per concept (default 0.5 each; training tunes them).
         pos_weight: optional per-concept positive weights of the BCE loss.
         id2label: concept names by index (sets the number of outputs).
@@ -113,10 +113,11 @@ class MultiModalConfig(PreTrainedConfig):
             fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
         if any(h < 1 for h in self.fusion_hidden_sizes):
             fail("fusion_hidden_sizes", self.fusion_hidden_sizes, "positive layer sizes")
-        for field in ("dropout", "modality_dropout"):
-            value = getattr(self, field)
-            if not 0 <= value < 1:
-                fail(field, value, "a probability in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            fail("dropout", self.dropout, "a probability in [0, 1)")
+        # The photo is hidden with probability p and, separately, the caption with p: at most half each.
+        if not 0 <= self.modality_dropout <= 0.5:
+            fail("modality_dropout", self.modality_dropout, "a probability in [0, 0.5]")
         if len(self.thresholds) != self.num_labels or not all(0 <= t <= 1 for t in self.thresholds):
             fail("thresholds", self.thresholds, f"{self.num_labels} numbers in [0, 1], one per concept")
         self.thresholds = [float(t) for t in self.thresholds]

@@ -152,7 +152,7 @@ class MultiModalProcessor:
         self.max_length = int(max_length)
         self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
         self._std = torch.tensor(self.image_std).view(3, 1, 1)
-        self._encoder = _batch_encoder(tokenizer, self.max_length)
+        self._encoder, self._encoder_for = None, None  # see _fast_encoder
 
     @classmethod
     def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> "MultiModalProcessor":
@@ -206,6 +206,13 @@ class MultiModalProcessor:
             )
         return BatchFeature(data, tensor_type=return_tensors)
 
+    def _fast_encoder(self):
+        """:func:`_batch_encoder` for the current tokenizer and max_length, rebuilt when either is replaced."""
+        wanted = (id(self.tokenizer), self.max_length)
+        if self._encoder_for != wanted:
+            self._encoder, self._encoder_for = _batch_encoder(self.tokenizer, self.max_length), wanted
+        return self._encoder
+
     def tokenize(self, text) -> dict[str, torch.Tensor]:
         """Caption(s) -> ``input_ids`` and ``attention_mask`` (B, T), padded and truncated to max_length."""
         if self.tokenizer is None:
@@ -218,8 +225,9 @@ class MultiModalProcessor:
         bad = [type(t).__name__ for t in text if not isinstance(t, str)]
         if bad:
             raise MMClassifierError(f"Captions must be strings; got {bad[0]}.")
-        if self._encoder is not None:  # the same padding and truncation, without the wrapper's per-call set-up
-            rows = self._encoder.encode_batch(text)
+        encoder = self._fast_encoder()
+        if encoder is not None:  # the same padding and truncation, without the wrapper's per-call set-up
+            rows = encoder.encode_batch(text)
             encoded = {
                 "input_ids": torch.tensor([row.ids for row in rows], dtype=torch.long).view(len(rows), -1),
                 "attention_mask": torch.tensor([row.attention_mask for row in rows], dtype=torch.long).view(len(rows), -1),

@@ -34,7 +34,7 @@ def test_config_defaults_validation_and_auto_registration():
     assert config.backbone == "mobilenetv2_100" and config.problem_type == "multi_label_classification"
     assert config.thresholds == [0.5] * config.num_labels
     for field, value in [("modality", "audio"), ("dropout", 1.5), ("image_size", 0), ("thresholds", [0.3]),
-                         ("lstm_num_layers", 0), ("pos_weight", [1.0])]:
+                         ("lstm_num_layers", 0), ("pos_weight", [1.0]), ("modality_dropout", 0.6)]:
         with pytest.raises(ValueError, match=f"MultiModalConfig.{field}"):
             tiny_config(**{field: value})
 

@@ -88,6 +88,10 @@ def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
         assert got["input_ids"].shape == (len(batch), width)
         for key in ("input_ids", "attention_mask"):
             assert torch.equal(got[key][:, : expected[key].shape[1]], expected[key]), (batch, key)
+    # A tokenizer swapped in afterwards is the one that encodes.
+    processor.tokenizer = build_tokenizer(["zebra crossing"] * 2, min_frequency=1)
+    assert torch.equal(processor.tokenize(["zebra crossing"])["input_ids"],
+                       processor.tokenizer(["zebra crossing"], return_tensors="pt")["input_ids"])
 
 
 def test_save_and_load_round_trip(processor, tmp_path):
