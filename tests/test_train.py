@@ -118,6 +118,7 @@ def test_two_cpu_processes_train_an_image_model_on_chosen_stages(tiny_folder, tm
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--fusion-dropout", "1"], r"--fusion-dropout must be in \[0, 1\), got 1.0"),
         (["--modality-dropout", "0.6"], r"--modality-dropout must be in \[0, 0.5\]"),
+        (["--word-dropout", "-0.1"], r"--word-dropout must be in \[0, 1\), got -0.1"),
         (["--backbone-weights", "/no/weights.safetensors"], "does not exist"),
         (["--push-to-hub", "--hub-model-id", "me/model"], "needs internet"),
     ],
@@ -169,3 +170,27 @@ def test_split_seed_keeps_the_split_while_seed_changes_only_training(tiny_folder
 
     assert photos_per_split("--seed", "1", "--split-seed", "0") == photos_per_split("--seed", "0")
     assert photos_per_split("--seed", "1") != photos_per_split("--seed", "0")
+
+
+def test_word_dropout_hides_caption_words_behind_unk_in_training_only():
+    from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, build_tokenizer
+
+    tokenizer = build_tokenizer(["a dog runs on the grass", "a child in the snow"], min_frequency=1)
+    processor = MultiModalProcessor(tokenizer)
+    encoded = processor.tokenize(["a dog runs on the grass", "a child in the snow", ""])
+    batch = {"labels": torch.zeros(3, 2), "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    config = MultiModalConfig(modality="text", vocab_size=len(tokenizer), id2label={0: "dog", 1: "snow"})
+    model = MultiModalClassifier(config)
+    unk = tokenizer.unk_token_id
+
+    def ids(training, word_dropout, seed=0):
+        torch.manual_seed(seed)
+        return train.batch_inputs(batch, model, {}, processor, None, training, word_dropout)["input_ids"]
+
+    words = encoded["attention_mask"].bool()
+    assert torch.equal(ids(True, 0.0), encoded["input_ids"])
+    assert torch.equal(ids(False, 0.9), encoded["input_ids"])  # evaluation never hides words
+    hidden = ids(True, 0.5) != encoded["input_ids"]
+    assert hidden.any() and not hidden[~words].any()  # only real words, never padding
+    assert (ids(True, 0.5)[hidden] == unk).all()
+    assert (ids(True, 0.999)[words] == unk).all() and (ids(True, 0.999)[~words] == tokenizer.pad_token_id).all()
