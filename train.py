@@ -345,7 +345,8 @@ def batch_inputs(batch, model, tables, processor, photo_input, training, word_dr
     """Model keyword arguments for a batch of Rows.
 
     ``tables["photos"]`` holds one entry per photo, what ``photo_input`` names; ``tables["text_embeds"]``, when
-    present, a frozen text encoder's embedding of each row's caption.
+    present, a frozen text encoder's embedding of each row's caption. ``word_dropout``: in training, the chance
+    that each caption word is replaced by ``[UNK]`` (for a text encoder that trains).
     """
     config = model.config
     inputs = {"labels": batch["labels"]}
@@ -534,8 +535,8 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
             disable=not accelerator.is_local_main_process, initial=state.step_in_epoch, total=len(train_dl),
         )
         for batch in progress:
-            # Dropout, modality dropout and flips draw from a generator seeded by the step, so a resumed run
-            # makes the same draws as an uninterrupted one.
+            # Dropout, modality and word dropout and flips draw from a generator seeded by the step, so a
+            # resumed run makes the same draws as an uninterrupted one.
             torch.manual_seed(args.seed * 1_000_003 + state.global_step * 101 + accelerator.process_index)
             with accelerator.accumulate(model):
                 output = model(**batch_inputs(batch, unwrapped, tables["train"], processor, photo_input, True,
