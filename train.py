@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=0.3)
     model.add_argument("--word-dropout", type=float, default=0.0,
                        help="chance to hide each caption word behind [UNK] while a text encoder trains "
-                            "(default: 0, off; README, Results, for what 0.15 did on real Flickr8k)")
+                            "(default: 0, off; the README's Results show what 0.15 did on real Flickr8k)")
     model.add_argument("--fusion-dropout", type=float, help="dropout of the fusion stage (default: --dropout)")
 
     train = p.add_argument_group("training")
