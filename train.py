@@ -32,6 +32,7 @@ from mm_classifier import (
     MultiModalConfig,
     MultiModalProcessor,
     build_tokenizer,
+    leave_one_out_votes,
     load_concept_file,
     load_flickr8k,
     to_pairs,
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chance to hide each caption word behind [UNK] while a text encoder trains "
                             "(default: 0, off; the README's Results show what 0.15 did on real Flickr8k)")
     model.add_argument("--fusion-dropout", type=float, help="dropout of the fusion stage (default: --dropout)")
+    model.add_argument("--soft-targets", action="store_true",
+                       help="fit each pair's share of the photo's other captions that name a concept (0, 1/4, ... 1) "
+                            "instead of its 0/1 label; metrics and thresholds still use the labels (default: off)")
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int,
@@ -200,10 +204,15 @@ def check_hub_access(args) -> None:
 
 
 class Rows(torch.utils.data.Dataset):
-    """Training or evaluation rows as tensors: which photo, which caption tokens, which targets."""
+    """Training or evaluation rows as tensors: which photo, which caption tokens, which labels.
 
-    def __init__(self, photo_index, input_ids, attention_mask, labels):
+    ``labels`` (0/1) are what the metrics score; ``targets`` are what the loss fits: the labels, or with
+    ``--soft-targets`` the share of the photo's other captions that name each concept.
+    """
+
+    def __init__(self, photo_index, input_ids, attention_mask, labels, targets=None):
         self.photo_index, self.input_ids, self.attention_mask, self.labels = photo_index, input_ids, attention_mask, labels
+        self.targets = labels if targets is None else targets
 
     def __len__(self):
         return len(self.labels)
@@ -215,6 +224,7 @@ class Rows(torch.utils.data.Dataset):
             "input_ids": self.input_ids[i],
             "attention_mask": self.attention_mask[i],
             "labels": self.labels[i],
+            "targets": self.targets[i],
         }
 
 
@@ -242,13 +252,16 @@ def prepare_data(args, accelerator):
         photo_position = {name: i for i, name in enumerate(list(photos[split]["image_id"]))}
         table = pairs[split].select_columns(["image_id", "caption", "labels"]).to_dict()
         encoded = text_processor.tokenize(table["caption"])  # (N, T), T = longest caption of the split
+        labels = torch.from_numpy(multi_hot(table["labels"], len(concepts))).float()
+        targets = vote_shares(table["image_id"], table["caption"], concepts, lexicon) if args.soft_targets else None
         splits[split] = {
             "photos": photos[split],
             "pairs": Rows(
                 torch.tensor([photo_position[i] for i in table["image_id"]]),
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                torch.from_numpy(multi_hot(table["labels"], len(concepts))).float(),
+                labels,
+                targets,
             ),
             "captions": table["caption"],
         }
@@ -279,18 +292,38 @@ def hold_out_validation(photos, pairs, seed: int, accelerator, fraction: float =
     return resplit(photos), resplit(pairs)
 
 
+def vote_shares(image_ids, captions, concepts, lexicon) -> torch.Tensor:
+    """(N, C) soft targets of N pairs: the share of each pair's photo's *other* captions that name each concept.
+
+    With five captions a photo's pair gets 0, 1/4, ... 1 per concept; its 0/1 label is a share of at least
+    ``min_votes`` / 4, so the soft target keeps what the label throws away: how many captioners named it.
+    """
+    rows_of: dict[str, list[int]] = {}
+    for row, image_id in enumerate(image_ids):
+        rows_of.setdefault(image_id, []).append(row)
+    shares = torch.zeros(len(captions), len(concepts))
+    for rows in rows_of.values():
+        votes = torch.tensor(leave_one_out_votes([captions[r] for r in rows], concepts, lexicon), dtype=torch.float)
+        shares[rows] = votes / max(1, len(rows) - 1)
+    return shares
+
+
 def photo_rows(pairs: Rows, num_photos: int) -> Rows:
-    """One row per photo with the mean of its pairs' targets.
+    """One row per photo with the mean of its pairs' labels and targets.
 
     An image-only model gives all five pairs of a photo the same logits, and BCE is linear in the target, so
     training on (photo, mean target) is the same objective as training on its five pairs, at a fifth of the cost.
     """
-    sums = torch.zeros(num_photos, pairs.labels.shape[1]).index_add_(0, pairs.photo_index, pairs.labels)
     counts = torch.zeros(num_photos).index_add_(0, pairs.photo_index, torch.ones(len(pairs)))
     keep = counts > 0
+
+    def mean(values):
+        sums = torch.zeros(num_photos, values.shape[1]).index_add_(0, pairs.photo_index, values)
+        return sums[keep] / counts[keep, None]
+
     index = torch.arange(num_photos)[keep]
     empty = torch.zeros(len(index), pairs.input_ids.shape[1], dtype=torch.long)
-    return Rows(index, empty, empty, sums[keep] / counts[keep, None])
+    return Rows(index, empty, empty, mean(pairs.labels), mean(pairs.targets))
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -349,7 +382,7 @@ def batch_inputs(batch, model, tables, processor, photo_input, training, word_dr
     that each caption word is replaced by ``[UNK]`` (for a text encoder that trains).
     """
     config = model.config
-    inputs = {"labels": batch["labels"]}
+    inputs = {"labels": batch["targets"]}  # the loss fits the targets; the metrics score batch["labels"]
     if config.uses_image:
         photos = tables["photos"][batch["photo_index"].cpu()].to(batch["labels"].device)
         if photo_input in ("stem_output", "image_embeds"):

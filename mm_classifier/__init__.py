@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .configuration import MultiModalConfig
 from .data import DataWarning, load_flickr8k, to_pairs
 from .errors import MMClassifierError
-from .labels import CONCEPT_LEXICON, leave_one_out_labels, load_concept_file, mine_concepts
+from .labels import CONCEPT_LEXICON, leave_one_out_labels, leave_one_out_votes, load_concept_file, mine_concepts
 from .modeling import MultiModalClassifier, MultiModalOutput
 from .predict import Prediction, Predictor
 from .processing import MultiModalProcessor, load_image
@@ -27,6 +27,7 @@ __all__ = [
     "Predictor",
     "build_tokenizer",
     "leave_one_out_labels",
+    "leave_one_out_votes",
     "load_concept_file",
     "load_flickr8k",
     "load_image",

@@ -128,6 +128,29 @@ def mine_concepts(
     return ranked[:num_concepts]
 
 
+def leave_one_out_votes(
+    captions: Sequence[str],
+    concepts: Sequence[str],
+    lexicon: Mapping[str, Sequence[str]] = CONCEPT_LEXICON,
+) -> list[list[int]]:
+    """For each (photo, caption i) pair, how many of the photo's *other* captions name each concept.
+
+    Returns:
+        One list per caption of ``len(concepts)`` counts, in the order of ``concepts``.
+    """
+    index = _word_index({c: lexicon.get(c, [c]) for c in concepts})
+    position = {c: i for i, c in enumerate(concepts)}
+    mentioned = [{c for w in words_of(cap) for c in index.get(w, ())} for cap in captions]
+    total = Counter(c for m in mentioned for c in m)
+    votes = []
+    for own in mentioned:
+        row = [0] * len(concepts)
+        for c, v in total.items():
+            row[position[c]] = v - (1 if c in own else 0)
+        votes.append(row)
+    return votes
+
+
 def leave_one_out_labels(
     captions: Sequence[str],
     concepts: Sequence[str],
@@ -143,15 +166,9 @@ def leave_one_out_labels(
     Returns:
         One sorted list of concept indices (into ``concepts``) per caption.
     """
-    index = _word_index({c: lexicon.get(c, [c]) for c in concepts})
-    position = {c: i for i, c in enumerate(concepts)}
-    mentioned = [{c for w in words_of(cap) for c in index.get(w, ())} for cap in captions]
-    total = Counter(c for m in mentioned for c in m)
-    labels = []
-    for own in mentioned:
-        others = {c: total[c] - (1 if c in own else 0) for c in total}
-        labels.append(sorted(position[c] for c, v in others.items() if v >= min_votes))
-    return labels
+    return [
+        [i for i, v in enumerate(row) if v >= min_votes] for row in leave_one_out_votes(captions, concepts, lexicon)
+    ]
 
 
 def load_concept_file(path: str | os.PathLike) -> dict[str, list[str]]:

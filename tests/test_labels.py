@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mm_classifier import MMClassifierError, leave_one_out_labels, load_concept_file, mine_concepts
+from mm_classifier import MMClassifierError, leave_one_out_labels, leave_one_out_votes, load_concept_file, mine_concepts
 from mm_classifier.labels import concepts_in, words_of
 
 
@@ -37,6 +37,17 @@ def test_leave_one_out_labels_use_only_the_other_captions():
     assert 1 in labels[1] and 1 in labels[3] and 1 in labels[4]
     # man: a single mention never reaches 2 votes.
     assert all(2 not in row for row in labels)
+
+
+def test_leave_one_out_votes_count_the_other_captions_and_decide_the_labels():
+    captions = ["A dog on the beach", "A dog runs", "A puppy in the sand", "A man with his dog", "Someone outside"]
+    concepts = ["dog", "beach", "man", "snow"]
+    votes = leave_one_out_votes(captions, concepts)
+    assert votes == [[3, 1, 1, 0], [3, 2, 1, 0], [3, 1, 1, 0], [3, 2, 0, 0], [4, 2, 1, 0]]
+    for min_votes in (1, 2, 3, 4):
+        assert leave_one_out_labels(captions, concepts, min_votes) == [
+            [i for i, v in enumerate(row) if v >= min_votes] for row in votes
+        ]
 
 
 def test_mine_concepts_ranks_by_photos_with_enough_votes():

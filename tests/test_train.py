@@ -89,7 +89,7 @@ def test_two_cpu_processes_with_accelerate_launch(tiny_folder, tmp_path):
     result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "train.py", "--dataset", str(tiny_folder), "--output-dir", str(tmp_path),
-                         "--modality", "text", *TINY_TRAIN_ARGS])
+                         "--modality", "text", *TINY_TRAIN_ARGS, "--soft-targets"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     results = json.loads((tmp_path / "all_results.json").read_text())
@@ -178,7 +178,7 @@ def test_word_dropout_hides_caption_words_behind_unk_in_training_only():
     tokenizer = build_tokenizer(["a dog runs on the grass", "a child in the snow"], min_frequency=1)
     processor = MultiModalProcessor(tokenizer)
     encoded = processor.tokenize(["a dog runs on the grass", "a child in the snow", ""])
-    batch = {"labels": torch.zeros(3, 2), "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    batch = {"labels": torch.zeros(3, 2), "targets": torch.zeros(3, 2), "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     config = MultiModalConfig(modality="text", vocab_size=len(tokenizer), id2label={0: "dog", 1: "snow"})
     model = MultiModalClassifier(config)
     unk = tokenizer.unk_token_id
@@ -194,3 +194,33 @@ def test_word_dropout_hides_caption_words_behind_unk_in_training_only():
     assert hidden.any() and not hidden[~words].any()  # only real words, never padding
     assert (ids(True, 0.5)[hidden] == unk).all()
     assert (ids(True, 0.999)[words] == unk).all() and (ids(True, 0.999)[~words] == tokenizer.pad_token_id).all()
+
+
+def test_soft_targets_are_shares_of_the_other_captions_while_metrics_keep_the_labels(tiny_folder):
+    from accelerate import Accelerator
+
+    def data(*argv):
+        args = train.resolve_defaults(train.build_parser().parse_args(["--dataset", str(tiny_folder), *TINY_TRAIN_ARGS, *argv]))
+        return train.prepare_data(args, Accelerator(cpu=True))
+
+    hard, soft = data(), data("--soft-targets")
+    for split in ("train", "validation", "test"):
+        h, s = hard["splits"][split]["pairs"], soft["splits"][split]["pairs"]
+        assert torch.equal(h.labels, s.labels) and torch.equal(h.targets, h.labels)
+        # Five captions a photo: each pair's share is 0, 1/4, ... 1 and its label (2 of the other 4) is share >= 1/2.
+        assert set(s.targets.unique().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+        assert torch.equal((s.targets >= 0.5).float(), s.labels)
+        assert ((s.targets > 0) & (s.targets < 1)).any()
+    # The image-only model trains on one row per photo: the mean of its pairs' targets, and of its labels.
+    pairs = soft["splits"]["train"]["pairs"]
+    photos = train.photo_rows(pairs, len(soft["splits"]["train"]["photos"]))
+    first = pairs.photo_index == photos.photo_index[0]
+    assert torch.allclose(photos.targets[0], pairs.targets[first].mean(0))
+    assert torch.allclose(photos.labels[0], pairs.labels[first].mean(0))
+    # The loss fits the targets; predict_rows scores the labels.
+    from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor
+
+    config = MultiModalConfig(modality="text", vocab_size=len(soft["tokenizer"]), id2label=dict(enumerate(soft["concepts"])))
+    batch = torch.utils.data.default_collate([pairs[i] for i in range(4)])
+    inputs = train.batch_inputs(batch, MultiModalClassifier(config), {}, MultiModalProcessor(soft["tokenizer"]), None, True)
+    assert torch.equal(inputs["labels"], pairs.targets[:4])
