@@ -166,6 +166,8 @@ def leave_one_out_labels(
     Returns:
         One sorted list of concept indices (into ``concepts``) per caption.
     """
+    if min_votes < 1:
+        raise MMClassifierError(f"min_votes must be at least 1, got {min_votes}.")
     return [
         [i for i, v in enumerate(row) if v >= min_votes] for row in leave_one_out_votes(captions, concepts, lexicon)
     ]

@@ -48,6 +48,8 @@ def test_leave_one_out_votes_count_the_other_captions_and_decide_the_labels():
         assert leave_one_out_labels(captions, concepts, min_votes) == [
             [i for i, v in enumerate(row) if v >= min_votes] for row in votes
         ]
+    with pytest.raises(MMClassifierError, match="min_votes must be at least 1, got 0"):
+        leave_one_out_labels(captions, concepts, 0)
 
 
 def test_mine_concepts_ranks_by_photos_with_enough_votes():
