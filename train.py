@@ -32,7 +32,6 @@ from mm_classifier import (
     MultiModalConfig,
     MultiModalProcessor,
     build_tokenizer,
-    leave_one_out_votes,
     load_concept_file,
     load_flickr8k,
     to_pairs,
@@ -250,10 +249,11 @@ def prepare_data(args, accelerator):
     splits = {}
     for split in ("train", "validation", "test"):
         photo_position = {name: i for i, name in enumerate(list(photos[split]["image_id"]))}
-        table = pairs[split].select_columns(["image_id", "caption", "labels"]).to_dict()
+        columns = ["image_id", "caption", "labels", *(["label_shares"] if args.soft_targets else [])]
+        table = pairs[split].select_columns(columns).to_dict()
         encoded = text_processor.tokenize(table["caption"])  # (N, T), T = longest caption of the split
         labels = torch.from_numpy(multi_hot(table["labels"], len(concepts))).float()
-        targets = vote_shares(table["image_id"], table["caption"], concepts, lexicon) if args.soft_targets else None
+        targets = torch.tensor(table["label_shares"], dtype=torch.float) if args.soft_targets else None
         splits[split] = {
             "photos": photos[split],
             "pairs": Rows(
@@ -290,22 +290,6 @@ def hold_out_validation(photos, pairs, seed: int, accelerator, fraction: float =
         })
 
     return resplit(photos), resplit(pairs)
-
-
-def vote_shares(image_ids, captions, concepts, lexicon) -> torch.Tensor:
-    """(N, C) soft targets of N pairs: the share of each pair's photo's *other* captions that name each concept.
-
-    With five captions a photo's pair gets 0, 1/4, ... 1 per concept; its 0/1 label is a share of at least
-    ``min_votes`` / 4, so the soft target keeps what the label throws away: how many captioners named it.
-    """
-    rows_of: dict[str, list[int]] = {}
-    for row, image_id in enumerate(image_ids):
-        rows_of.setdefault(image_id, []).append(row)
-    shares = torch.zeros(len(captions), len(concepts))
-    for rows in rows_of.values():
-        votes = torch.tensor(leave_one_out_votes([captions[r] for r in rows], concepts, lexicon), dtype=torch.float)
-        shares[rows] = votes / max(1, len(rows) - 1)
-    return shares
 
 
 def photo_rows(pairs: Rows, num_photos: int) -> Rows:

@@ -24,7 +24,8 @@ from .labels import (
     CONCEPT_LEXICON,
     DEFAULT_MIN_VOTES,
     DEFAULT_NUM_CONCEPTS,
-    leave_one_out_labels,
+    labels_from_votes,
+    leave_one_out_votes,
     mine_concepts,
     validate_lexicon,
 )
@@ -325,7 +326,8 @@ def to_pairs(
     """Turn photo rows into (photo, one caption) rows labelled leave-one-out.
 
     Pair ``i`` of a photo reads caption ``i``; its ``labels`` are the concepts that at least ``min_votes`` of
-    the photo's *other* captions mention, so a caption never decides its own label.
+    the photo's *other* captions mention, so a caption never decides its own label. ``label_shares`` holds, per
+    concept, the share of those other captions that mention it (the soft targets of ``train.py --soft-targets``).
 
     Args:
         photos: photo rows from :func:`load_flickr8k` (a ``DatasetDict`` or one split).
@@ -334,7 +336,7 @@ def to_pairs(
         lexicon: concept -> words (default: the built-in lexicon; see ``labels.load_concept_file``).
 
     Returns:
-        The same kind of object with rows ``image_id``, ``image``, ``caption``, ``labels``, where
+        The same kind of object with rows ``image_id``, ``image``, ``caption``, ``labels``, ``label_shares``, where
         ``features["labels"]`` is ``Sequence(ClassLabel(names=concepts))``.
     """
     lexicon = validate_lexicon(dict(lexicon), "lexicon") if lexicon is not None else CONCEPT_LEXICON
@@ -358,17 +360,21 @@ def to_pairs(
             "image": datasets.Image(decode=False),
             "caption": datasets.Value("string"),
             "labels": datasets.Sequence(datasets.ClassLabel(names=concepts)),
+            "label_shares": datasets.Sequence(datasets.Value("float32")),
         }
     )
 
     def expand(batch):
-        out = {"image_id": [], "image": [], "caption": [], "labels": []}
+        out = {"image_id": [], "image": [], "caption": [], "labels": [], "label_shares": []}
         for image_id, image, captions in zip(batch["image_id"], batch["image"], batch["captions"]):
-            for caption, labels in zip(captions, leave_one_out_labels(captions, concepts, min_votes, lexicon)):
+            votes = leave_one_out_votes(captions, concepts, lexicon)
+            others = max(1, len(captions) - 1)
+            for caption, labels, row in zip(captions, labels_from_votes(votes, min_votes), votes):
                 out["image_id"].append(image_id)
                 out["image"].append(image)
                 out["caption"].append(caption)
                 out["labels"].append(labels)
+                out["label_shares"].append([v / others for v in row])
         return out
 
     def convert(split: datasets.Dataset) -> datasets.Dataset:

@@ -166,11 +166,14 @@ def leave_one_out_labels(
     Returns:
         One sorted list of concept indices (into ``concepts``) per caption.
     """
+    return labels_from_votes(leave_one_out_votes(captions, concepts, lexicon), min_votes)
+
+
+def labels_from_votes(votes: Sequence[Sequence[int]], min_votes: int = DEFAULT_MIN_VOTES) -> list[list[int]]:
+    """Per pair, the indices of the concepts that at least ``min_votes`` of its other captions name."""
     if min_votes < 1:
         raise MMClassifierError(f"min_votes must be at least 1, got {min_votes}.")
-    return [
-        [i for i, v in enumerate(row) if v >= min_votes] for row in leave_one_out_votes(captions, concepts, lexicon)
-    ]
+    return [[i for i, v in enumerate(row) if v >= min_votes] for row in votes]
 
 
 def load_concept_file(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -113,6 +113,10 @@ def test_pairs_carry_leave_one_out_labels_and_concept_names(tmp_path):
     assert list(first["caption"]) == five("dog")
     # dog in 4 captions: everyone; beach/water/grass each in one caption: nobody reaches 2 other votes.
     assert [sorted(l) for l in first["labels"]] == [[0]] * 5
+    # The share of the other four captions that name each concept (the soft targets).
+    assert [list(s) for s in first["label_shares"]] == [
+        [0.75, 0, 0, 0.25], [0.75, 0.25, 0.25, 0.25], [0.75, 0.25, 0.25, 0.25], [0.75, 0.25, 0.25, 0], [1, 0.25, 0.25, 0.25]
+    ]
     with pytest.raises(MMClassifierError, match="Unknown concepts"):
         to_pairs(photos, ["dog", "unicorn"])
 
