@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="backbone stages to train; 0 = frozen (default: 0 for trained weights, all from scratch)")
     model.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                        help="compute the frozen backbone part once and train on its cached outputs (default: on)")
+    model.add_argument("--mirror-photos", action=argparse.BooleanOptionalAction, default=True,
+                       help="use each photo's mirror image too: on cached features training draws either view, and "
+                            "evaluation and prediction average the two views' image embeddings (default: on)")
     model.add_argument("--modality-dropout", type=float, default=0.25, help="fusion: chance to hide photo or caption")
     model.add_argument("--fusion-encoders", choices=["frozen", "trainable"], default="frozen",
                        help="fusion: keep the encoders of the image and text models fixed and train only the fusion "
@@ -322,6 +325,7 @@ def build_model(stage, args, data, previous) -> MultiModalClassifier:
         image_size=args.image_size,
         image_feature_blocks=args.image_feature_blocks,
         image_local_projection=args.image_local_projection,
+        image_mirror_average=args.mirror_photos,
         image_mean=args.image_mean or (0.485, 0.456, 0.406),
         image_std=args.image_std or (0.229, 0.224, 0.225),
         vocab_size=len(data["tokenizer"]),
@@ -361,15 +365,25 @@ def trainable_blocks_for(stage, args, model, previous) -> int | None:
 def batch_inputs(batch, model, tables, processor, photo_input, training, word_dropout=0.0):
     """Model keyword arguments for a batch of Rows.
 
-    ``tables["photos"]`` holds one entry per photo, what ``photo_input`` names; ``tables["text_embeds"]``, when
-    present, a frozen text encoder's embedding of each row's caption. ``word_dropout``: in training, the chance
+    ``tables["photos"]`` holds one entry per photo, what ``photo_input`` names, and ``tables["mirrored"]``, when
+    present, the same for the photos' mirror images (cached stem outputs): training draws one of the two views
+    per row, evaluation averages their embeddings. ``tables["text_embeds"]``, when present, holds a frozen text
+    encoder's embedding of each row's caption. ``word_dropout``: in training, the chance
     that each caption word is replaced by ``[UNK]`` (for a text encoder that trains).
     """
     config = model.config
     inputs = {"labels": batch["targets"]}  # the loss fits the targets; the metrics score batch["labels"]
     if config.uses_image:
-        photos = tables["photos"][batch["photo_index"].cpu()].to(batch["labels"].device)
-        if photo_input in ("stem_output", "image_embeds"):
+        index = batch["photo_index"].cpu()
+        photos = tables["photos"][index].to(batch["labels"].device)
+        mirrored = tables["mirrored"][index].to(photos.device) if "mirrored" in tables else None
+        if mirrored is not None and not training:  # the mean of the two views' embeddings, as at prediction
+            inputs["image_embeds"] = (model.encode_image(stem_output=photos.float())
+                                      + model.encode_image(stem_output=mirrored.float())) / 2
+        elif photo_input in ("stem_output", "image_embeds"):
+            if mirrored is not None:  # training: either view at random
+                pick = torch.rand(len(index)) < 0.5
+                photos = torch.where(pick.view(-1, *[1] * (photos.dim() - 1)).to(photos.device), mirrored, photos)
             inputs[photo_input] = photos.float()
         else:
             pixels = processor.normalize(photos)  # (B, 3, S, S)
@@ -481,14 +495,19 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
 
                 if uses_stem:  # the pixels are loaded only if the backbone's outputs are not cached yet
                     key = photos_key(part["photos"]) + str(config.image_size)
-                    pixels = stem_outputs(load_pixels, key, model, processor, blocks, device=accelerator.device,
-                                          num_photos=len(part["photos"]))
+                    views = [
+                        stem_outputs(load_pixels, key, model, processor, blocks, device=accelerator.device,
+                                     num_photos=len(part["photos"]), mirror=mirror)
+                        for mirror in ((False, True) if config.image_mirror_average else (False,))
+                    ]
                 else:
-                    pixels = load_pixels()
-            if uses_embeds:
-                pixels = frozen_embeds(model.image_encoder, lambda s: model.encode_image(stem_output=s.float()),
-                                       [pixels], accelerator.device)
-            tables[split]["photos"] = pixels
+                    views = [load_pixels()]
+            if uses_embeds:  # a frozen encoder embeds each photo once: the mean over its views, as at prediction
+                views = [sum(frozen_embeds(model.image_encoder, lambda s: model.encode_image(stem_output=s.float()),
+                                           [view], accelerator.device) for view in views) / len(views)]
+            tables[split]["photos"] = views[0]
+            if len(views) > 1:
+                tables[split]["mirrored"] = views[1]
         if "text" in model.frozen_encoders:
             rows = part["pairs"]
             tables[split]["text_embeds"] = frozen_embeds(

@@ -25,6 +25,8 @@ class MultiModalConfig(PreTrainedConfig):
         image_local_projection: project the feature map at every position (a 1x1 convolution with ReLU) and
             average the projections, instead of projecting the averaged features. The chosen stages' maps are
             average-pooled to the coarsest one's grid. A cached frozen backbone then stores maps, not vectors.
+        image_mirror_average: in inference mode, the image embedding is the mean of the photo's and its mirror
+            image's (flipped left to right): test-time augmentation, at twice the image encoder's cost.
         image_embed_dim: size of the image embedding after the projection on the pooled backbone features.
         vocab_size, pad_token_id, max_length: of the word-level tokenizer.
         word_embed_dim, lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the text encoder.
@@ -50,6 +52,7 @@ class MultiModalConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     image_feature_blocks: list[int] | tuple[int, ...] | None = None
     image_local_projection: bool = False
+    image_mirror_average: bool = False
     image_embed_dim: int = 256
     vocab_size: int = 5000
     pad_token_id: int = 0
@@ -107,8 +110,9 @@ class MultiModalConfig(PreTrainedConfig):
             or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
         ):
             fail("image_feature_blocks", blocks, "None or distinct stage indices (integers)")
-        if not isinstance(self.image_local_projection, bool):
-            fail("image_local_projection", self.image_local_projection, "True or False")
+        for field in ("image_local_projection", "image_mirror_average"):
+            if not isinstance(getattr(self, field), bool):
+                fail(field, getattr(self, field), "True or False")
         if not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
         if any(h < 1 for h in self.fusion_hidden_sizes):

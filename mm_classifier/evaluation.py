@@ -399,6 +399,8 @@ def write_pipeline_report(
 def write_model_card(directory: Path, config, results: dict, dataset: str) -> None:
     """A model card README.md (hub metadata, concepts, data, metrics, intended use, limits)."""
     modality = {"fusion": "a photo and/or its caption", "image": "a photo", "text": "a caption"}[config.modality]
+    mirror = " (a photo's embedding is the mean of its own and its mirror image's)" if (
+        config.uses_image and config.image_mirror_average) else ""
     metric_rows = "\n".join(
         f"| {label} | {_fmt(results.get('test_' + key))} |" for key, label in SUMMARY_KEYS if "test_" + key in results
     )
@@ -413,7 +415,7 @@ metrics: [f1, average_precision, roc_auc]
 # mm_classifier: {config.modality} model
 
 Predicts which of {config.num_labels} concepts appear in {modality}, each with a probability.
-Backbone `{config.backbone}` at {config.image_size} px; word-level BiLSTM caption encoder; fused by
+Backbone `{config.backbone}` at {config.image_size} px{mirror}; word-level BiLSTM caption encoder; fused by
 concatenation and fully connected layers (`modality={config.modality}`).
 
 ## Concepts

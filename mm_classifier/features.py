@@ -168,6 +168,7 @@ def stem_outputs(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     num_photos: int | None = None,
+    mirror: bool = False,
 ) -> torch.Tensor:
     """Outputs of the frozen backbone part for every photo, cached on disk in float16.
 
@@ -176,13 +177,14 @@ def stem_outputs(
             only when the outputs are not cached yet (then ``num_photos`` must say P), so a cached run never
             loads the pixels.
         trainable_blocks: 0 caches the pooled features (P, F); N > 0 caches the map entering the last N stages.
+        mirror: of the photos' mirror images (flipped left to right) instead, cached apart.
 
     Returns:
         float16 tensor: (P, F) or (P, C, h, w).
 
     The model's image encoder is moved to ``device`` (where training will use it anyway).
     """
-    key = _digest(pixels_key, backbone_digest(model, trainable_blocks), processor.to_dict())
+    key = _digest(pixels_key, backbone_digest(model, trainable_blocks), processor.to_dict(), *(["mirror"] * mirror))
     cache_file = cache_root() / "features" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     encoder = model.image_encoder.to(device)
@@ -200,7 +202,8 @@ def stem_outputs(
         if not loaded:  # a cache miss: now the pixels are needed
             loaded.append(load())
         index = torch.as_tensor(batch["photo"])
-        x = processor.normalize(loaded[0][index]).to(device).contiguous(memory_format=torch.channels_last)
+        x = processor.normalize(loaded[0][index]).to(device)
+        x = (x.flip(-1) if mirror else x).contiguous(memory_format=torch.channels_last)
         out = encoder.stem(x, trainable_blocks).float().cpu()
         return {"shape": [list(out.shape[1:])] * len(out), "stem": out.flatten(1).half().numpy()}
 
@@ -213,7 +216,7 @@ def stem_outputs(
             remove_columns=["photo"],
             cache_file_name=str(cache_file),
             new_fingerprint=key,
-            desc="Computing backbone features",
+            desc=f"Computing backbone features{' of the mirror images' if mirror else ''}",
         )
     finally:
         encoder.train(was_training)

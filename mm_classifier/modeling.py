@@ -51,6 +51,7 @@ class ImageEncoder(nn.Module):
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
         self.feature_blocks: list[int] | None = None
         self.local_projection = config.image_local_projection
+        self.mirror_average = config.image_mirror_average
         if config.image_feature_blocks is None and not self.local_projection:
             # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
             width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
@@ -190,7 +191,17 @@ class ImageEncoder(nn.Module):
         return self
 
     def forward(self, pixel_values=None, stem_output=None, trainable_blocks: int = 0) -> torch.Tensor:
-        """(B, 3, H, W) pixels, or a cached stem output, -> (B, image_embed_dim)."""
+        """(B, 3, H, W) pixels, or a cached stem output, -> (B, image_embed_dim).
+
+        With ``config.image_mirror_average``, in inference mode the embedding of pixels is the mean of the photo's
+        and its mirror image's; a cached stem output is one view (the caller averages two, see train.py).
+        """
+        if stem_output is None and self.mirror_average and not self.training:
+            # Test-time augmentation: the photo and its mirror image in one batch, their embeddings averaged.
+            both = torch.cat([pixel_values, pixel_values.flip(-1)])
+            if pixel_values.is_contiguous(memory_format=torch.channels_last):
+                both = both.contiguous(memory_format=torch.channels_last)
+            return self.project(self.pooled_features(both)).view(2, len(pixel_values), -1).mean(0)
         if stem_output is None:
             features = self.pooled_features(pixel_values)
         else:

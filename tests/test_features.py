@@ -76,3 +76,22 @@ def test_cached_backbone_outputs_never_load_the_pixels_again(photos):
         other.image_encoder.backbone.conv_stem.weight.mul_(2)
     rebuilt = stem_outputs(load, key, other, processor, 0, num_photos=len(photos))
     assert calls == [1, 1] and not torch.equal(rebuilt, built)
+
+
+def test_mirror_images_outputs_are_cached_apart(photos):
+    model = tiny_model()
+    processor = MultiModalProcessor.from_config(model.config, None)
+    pixels = photo_pixels(photos, processor)
+    key = photos_key(photos) + "32-mirror-test"
+    plain = stem_outputs(pixels, key, model, processor, 0)
+    mirrored = stem_outputs(pixels, key, model, processor, 0, mirror=True)
+    expected = model.image_encoder.stem(processor.normalize(pixels.tensor()).flip(-1), 0)
+    torch.testing.assert_close(mirrored.float(), expected, atol=1e-2, rtol=1e-2)
+    assert not torch.equal(plain, mirrored)
+
+    def must_not_load():
+        raise AssertionError("the pixels were loaded although the outputs are cached")
+
+    assert torch.equal(stem_outputs(must_not_load, key, model, processor, 0, num_photos=len(photos), mirror=True),
+                       mirrored)
+    assert torch.equal(stem_outputs(must_not_load, key, model, processor, 0, num_photos=len(photos)), plain)

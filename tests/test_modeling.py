@@ -130,6 +130,28 @@ def test_cached_stem_gives_the_same_logits_as_pixels():
                                image_only(pixel_values=batch["pixel_values"]).logits)
 
 
+def test_mirror_average_embeds_a_photo_and_its_mirror_alike_in_inference_only():
+    model = MultiModalClassifier(tiny_config(modality="image", image_mirror_average=True, dropout=0.0)).eval()
+    model.freeze_backbone(0)  # batch norm keeps its statistics in training too: only the views differ
+    pixels = inputs()["pixel_values"]
+    encoder = model.image_encoder
+    with torch.no_grad():
+        views = [encoder.project(encoder.pooled_features(x)) for x in (pixels, pixels.flip(-1))]
+        averaged = model.encode_image(pixels)
+        torch.testing.assert_close(averaged, (views[0] + views[1]) / 2)
+        torch.testing.assert_close(model.encode_image(pixels.flip(-1)), averaged)
+        channels_last = pixels.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model.encode_image(channels_last), averaged)
+        # In training the photo is one view (train.py's augmentation chooses which); a cached stem is one view.
+        torch.testing.assert_close(model.train().encode_image(pixels), views[0])
+        torch.testing.assert_close(model.eval().encode_image(stem_output=encoder.stem(pixels)), views[0])
+        plain = MultiModalClassifier(tiny_config(modality="image", dropout=0.0)).eval()
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(plain.encode_image(pixels), views[0])
+    with pytest.raises(ValueError, match="image_mirror_average"):
+        tiny_config(image_mirror_average="yes")
+
+
 def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
     model = MultiModalClassifier(tiny_config(image_feature_blocks=[-2, -1])).eval()
     blocks = model.image_encoder.backbone.blocks

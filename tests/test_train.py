@@ -40,6 +40,17 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
     report = (tmp_path / "report.md").read_text()
     assert "image model" in report and "text model" in report and "fusion model" in report
     assert "## Training time" in report
+    # Training scored the test pairs on cached features of each photo and its mirror image (stored in
+    # float16); the report scores them again from pixels, through the prediction API, which averages the two
+    # views' embeddings (--mirror-photos, on by default): the same figures.
+    scored = json.loads((tmp_path / "metrics.json").read_text())
+    by_stage = {"fusion": scored["metrics"], **{name.split()[0]: m for name, m in scored["compare"].items()}}
+    for stage in ("image", "fusion"):
+        results = json.loads((tmp_path / stage / "all_results.json").read_text())
+        assert json.loads((tmp_path / stage / "config.json").read_text())["image_mirror_average"] is True
+        assert "mirror image" in (tmp_path / stage / "README.md").read_text()  # the model card says so
+        assert by_stage[stage]["mAP"] == pytest.approx(results["test_mAP"], abs=1e-3), stage
+        assert by_stage[stage]["micro_f1"] == pytest.approx(results["test_micro_f1"], abs=0.01), stage
     # By default the fusion model keeps the trained single-modality encoders as they are.
     fusion = load_file(tmp_path / "fusion" / "model.safetensors")
     for stage in ("image", "text"):
