@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -490,6 +491,7 @@ def train_stage(stage: str, args, data, accelerator, stage_dir: Path, previous: 
     for split, part in data["splits"].items():
         if config.uses_image:
             with accelerator.main_process_first():
+                @functools.cache  # both views' caches may miss: the pixels are then opened once
                 def load_pixels(photos=part["photos"]):
                     return photo_pixels(photos, processor, num_proc=args.preprocessing_num_proc)
 

@@ -184,7 +184,8 @@ def stem_outputs(
 
     The model's image encoder is moved to ``device`` (where training will use it anyway).
     """
-    key = _digest(pixels_key, backbone_digest(model, trainable_blocks), processor.to_dict(), *(["mirror"] * mirror))
+    views = ("mirror",) if mirror else ()  # the plain view's key is the one it always had
+    key = _digest(pixels_key, backbone_digest(model, trainable_blocks), processor.to_dict(), *views)
     cache_file = cache_root() / "features" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     encoder = model.image_encoder.to(device)
