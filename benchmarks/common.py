@@ -1,15 +1,15 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, a Markdown table, the machine's name."""
+"""Helpers shared by the benchmark scripts: timing, peak memory, a Markdown table, the machine's name.
+
+The scripts import the installed package (`pip install -e .`) and run `train.py` only as a subprocess.
+"""
 
 import os
 import platform
 import resource
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def peak_rss_mib(children: bool = False) -> float:
@@ -19,19 +19,23 @@ def peak_rss_mib(children: bool = False) -> float:
 
 
 def machine() -> str:
+    """The processor, its core count, the GPU (if any) and torch's version, for a benchmark's heading."""
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return f"{processor}, {os.cpu_count()} CPU cores, {device}, torch {torch.__version__}"
 
 
 def timed(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` and the seconds it took."""
     started = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - started
 
 
 def table(headers, rows) -> str:
+    """A Markdown table of ``rows`` under ``headers``."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -31,7 +31,9 @@ class MultiModalConfig(PreTrainedConfig):
         vocab_size, pad_token_id, max_length: of the word-level tokenizer.
         word_embed_dim, lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the text encoder.
         text_embed_dim: size of the text embedding after the projection of the pooled LSTM states.
-        fusion_hidden_sizes: hidden layer sizes of the classifier on the (concatenated) embeddings.
+        fusion_type: how a fusion model combines the two embeddings: a key of ``mm_classifier.fusion.FUSION_TYPES``
+            (``"concat"``: concatenation, the default; ``"gated"``: a gated multimodal unit).
+        fusion_hidden_sizes: hidden layer sizes of the classifier head on the fused (or single) embedding.
         dropout: dropout before each projection and hidden layer.
         modality_dropout: in training, the probability (at most 0.5) that a fusion model loses its photo (and,
             separately, its caption) for an example, so it learns to predict from either one alone.
@@ -62,6 +64,7 @@ class MultiModalConfig(PreTrainedConfig):
     lstm_num_layers: int = 1
     lstm_bidirectional: bool = True
     text_embed_dim: int = 256
+    fusion_type: str = "concat"
     fusion_hidden_sizes: list[int] | tuple[int, ...] = (256,)
     dropout: float = 0.3
     modality_dropout: float = 0.0
@@ -115,6 +118,9 @@ class MultiModalConfig(PreTrainedConfig):
                 fail(field, getattr(self, field), "True or False")
         if not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
+        # Which names exist is fusion.py's business (a new method must not touch this file); build_fusion checks.
+        if not isinstance(self.fusion_type, str) or not self.fusion_type:
+            fail("fusion_type", self.fusion_type, "the name of a fusion method, e.g. 'concat'")
         if any(h < 1 for h in self.fusion_hidden_sizes):
             fail("fusion_hidden_sizes", self.fusion_hidden_sizes, "positive layer sizes")
         if not 0 <= self.dropout < 1:

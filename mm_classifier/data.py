@@ -1,7 +1,6 @@
-"""Flickr8k (Kaggle folder, original folder, hub id) and the built-in sample as ``datasets.DatasetDict``.
+"""Data sources -> ``datasets.DatasetDict`` of photo rows, and their (photo, caption) pairs labelled leave-one-out.
 
-Photo rows (``image_id``, ``image``, ``captions``) come from :func:`load_flickr8k`; :func:`to_pairs` turns them
-into the (photo, one caption) rows that models train on, labelled leave-one-out.
+Each layout on disk is one reader plus one line of LAYOUTS, the detection table :func:`load_flickr8k` tries in order.
 """
 
 from __future__ import annotations
@@ -12,8 +11,10 @@ import os
 import random
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import NamedTuple
 
 import datasets
 from PIL import Image as PILImage
@@ -29,12 +30,16 @@ from .labels import (
     mine_concepts,
     validate_lexicon,
 )
+from .sample import sample_folder
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.75, 0.125, 0.125)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+TABLE_SUFFIXES = {".parquet", ".arrow"}
+# The photo folder names of both releases; either caption file is read with any of them.
+FLICKR8K_PHOTO_FOLDERS = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 # The original release's split lists, for either folder layout.
 SPLIT_FILES = {
     "train": "Flickr_8k.trainImages.txt",
@@ -54,9 +59,39 @@ class DataWarning(UserWarning):
     """Some rows of a data set were unusable and were skipped (the message counts them)."""
 
 
-def cache_root() -> Path:
-    """Where generated data (the built-in sample) and feature caches live; override with MM_CLASSIFIER_CACHE."""
-    return Path(os.environ.get("MM_CLASSIFIER_CACHE", Path.home() / ".cache" / "mm_classifier"))
+@dataclass
+class SplitList:
+    """The photo names a data set's own split puts in one split, in its order, and where that list came from."""
+
+    source: str
+    photos: list[str]
+
+
+@dataclass
+class FoundPhotos:
+    """What a layout reader found, before the photos are checked and split: captions and image files by photo name.
+
+    ``captions_from`` and ``images_from`` say where they were read (for messages); ``skipped`` counts the bad rows the
+    reader dropped; ``splits`` is the data set's own split (split name -> list), or ``None`` for a seeded split.
+    """
+
+    captions: dict[str, list[str]]
+    images: dict[str, Path]
+    captions_from: str
+    images_from: str
+    skipped: Counter = field(default_factory=Counter)
+    splits: dict[str, SplitList] | None = None
+
+
+class Layout(NamedTuple):
+    """One way a data set can lie on disk: ``detect(path)`` recognises it, ``read(path)`` loads it.
+
+    ``read`` returns :class:`FoundPhotos` (then checked, split and counted here) or finished photo rows.
+    """
+
+    description: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path], FoundPhotos | datasets.DatasetDict]
 
 
 def load_flickr8k(
@@ -68,11 +103,10 @@ def load_flickr8k(
     """Load Flickr8k (or anything laid out like it) as photo rows split by photo.
 
     Args:
-        source: ``"sample"`` (the built-in synthetic data set), a folder in the Kaggle layout
-            (``images/`` + ``captions.txt``), a folder in the original layout (``Flicker8k_Dataset/`` +
-            ``Flickr8k.token.txt`` + split lists), a folder of parquet/arrow files, or a hub data set id with
-            columns ``image`` and ``caption_0`` .. ``caption_4``. The layout is detected.
-        seed: seeds the train/validation/test split when the source has no official split lists.
+        source: ``"sample"`` (the built-in synthetic data set), a path in one of the layouts of :data:`LAYOUTS`
+            (the first that recognises it is used), or a hub data set id with columns ``image`` and
+            ``caption_0`` .. ``caption_4``.
+        seed: seeds the train/validation/test split when the source has no split of its own.
         split_fractions: train/validation/test fractions of photos for that seeded split.
 
     Returns:
@@ -80,23 +114,16 @@ def load_flickr8k(
         ``image`` (``datasets.Image``, decoded lazily) and ``captions`` (list of str). No photo is in two splits.
     """
     if str(source) == "sample":
-        from .sample import sample_folder
-
-        return _load_folder(sample_folder(seed=seed), seed, split_fractions)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if _find_caption_file(path) is not None:
-            return _load_folder(path, seed, split_fractions)
-        if any(p.suffix in {".parquet", ".arrow"} for p in path.rglob("*")):
-            return _load_hub(str(path))
-        raise MMClassifierError(
-            f"{path} holds no Flickr8k data: looked for 'captions.txt' (Kaggle layout), 'Flickr8k.token.txt' "
-            "(original layout) or parquet/arrow files. Pass one of those folders, a hub id, or 'sample'."
-        )
-    if path.exists():
-        raise MMClassifierError(f"{path} is a file; pass the folder that contains it.")
-    check_source(source)
-    return _load_hub(str(source))
+        path = sample_folder(seed=seed)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            check_source(source)
+            return _load_hub(str(source))
+    found = _detect_layout(path).read(path)
+    if isinstance(found, datasets.DatasetDict):
+        return found
+    return _photo_rows(path, found, seed, split_fractions)
 
 
 def looks_like_hub_id(source: str) -> bool:
@@ -115,21 +142,69 @@ def check_source(source: str | os.PathLike) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------- folders
+def _detect_layout(path: Path) -> Layout:
+    """The first layout of LAYOUTS that recognises ``path``."""
+    for layout in LAYOUTS:
+        if layout.detect(path):
+            return layout
+    if not path.is_dir():
+        raise MMClassifierError(f"{path} is a file; pass the folder that contains it.")
+    looked_for = "; ".join(layout.description for layout in LAYOUTS)
+    raise MMClassifierError(
+        f"{path} holds no Flickr8k data: looked for: {looked_for}. Pass one of those, a hub id, or 'sample'."
+    )
 
 
-def _find_caption_file(folder: Path) -> Path | None:
-    for name in ("captions.txt", "Flickr8k.token.txt"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+# ---------------------------------------------------------------------------------------------- layouts
 
 
-def _find_photo_folder(folder: Path) -> Path | None:
-    for name in ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset"):
-        if (folder / name).is_dir():
-            return folder / name
-    return None
+def _has_file(name: str) -> Callable[[Path], bool]:
+    """Detect a layout by a file it always has."""
+    return lambda path: (path / name).is_file()
+
+
+def _holds_table_files(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix in TABLE_SUFFIXES for p in path.rglob("*"))
+
+
+def _read_kaggle(folder: Path) -> FoundPhotos:
+    """Kaggle layout: ``captions.txt`` (``image,caption`` CSV with a header) next to ``images/``."""
+    return _read_flickr8k_folder(folder, "captions.txt", _read_kaggle_captions)
+
+
+def _read_original(folder: Path) -> FoundPhotos:
+    """Original release: ``Flickr8k.token.txt`` (``NAME.jpg#N<TAB>caption``) next to ``Flicker8k_Dataset/``."""
+    return _read_flickr8k_folder(folder, "Flickr8k.token.txt", _read_token_captions)
+
+
+def _read_table_files(folder: Path) -> datasets.DatasetDict:
+    """Parquet/arrow files with a hub data set's columns (a downloaded copy of one, say)."""
+    return _load_hub(str(folder))
+
+
+# Tried in order; the first layout whose detect() accepts the path reads it.
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("Kaggle layout (captions.txt + photos)", _has_file("captions.txt"), _read_kaggle),
+    Layout("original layout (Flickr8k.token.txt + photos)", _has_file("Flickr8k.token.txt"), _read_original),
+    Layout("parquet/arrow files (image, caption_0 .. caption_4)", _holds_table_files, _read_table_files),
+)
+
+
+def _read_flickr8k_folder(
+    folder: Path, caption_name: str, read_captions: Callable[[Path, Counter], dict[str, list[str]]]
+) -> FoundPhotos:
+    """Either Flickr8k release: a caption file, a photo folder and, when all three are there, the split lists."""
+    photo_folder = next((folder / name for name in FLICKR8K_PHOTO_FOLDERS if (folder / name).is_dir()), None)
+    if photo_folder is None:
+        looked_for = ", ".join(f"{name}/" for name in FLICKR8K_PHOTO_FOLDERS)
+        raise MMClassifierError(f"{folder} has {caption_name} but no photo folder: looked for {looked_for} inside it.")
+    skipped: Counter = Counter()
+    captions = read_captions(folder / caption_name, skipped)
+    images = {p.name: p for p in photo_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    splits = None
+    if all((folder / name).is_file() for name in SPLIT_FILES.values()):
+        splits = {split: SplitList(name, (folder / name).read_text().split()) for split, name in SPLIT_FILES.items()}
+    return FoundPhotos(captions, images, caption_name, f"{photo_folder.name}/", skipped, splits)
 
 
 def _read_kaggle_captions(path: Path, skipped: Counter) -> dict[str, list[str]]:
@@ -167,6 +242,54 @@ def _read_token_captions(path: Path, skipped: Counter) -> dict[str, list[str]]:
     return captions
 
 
+# ---------------------------------------------------------------------------------------------- checks and splits
+
+
+def _photo_rows(source: Path, found: FoundPhotos, seed: int, split_fractions: Sequence[float]) -> datasets.DatasetDict:
+    """Keep the photos with captions and a readable image, split them by photo, and warn once about the rest."""
+    skipped = found.skipped
+    usable = _usable_photos(found, skipped)
+    if not usable:
+        raise MMClassifierError(
+            f"No usable photo in {source}: {found.captions_from} names {len(found.captions)} photos and "
+            f"{found.images_from} holds {len(found.images)} image files, but no photo has both a caption and a "
+            f"readable image ({_describe(skipped) or 'nothing to skip'})."
+        )
+    if found.splits is not None:
+        split_names = _listed_split(found.splits, set(usable), skipped)
+    else:
+        split_names = _seeded_split(sorted(usable), seed, split_fractions)
+    _warn_skipped(source, skipped)
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {
+                    "image_id": names,
+                    "image": [str(usable[n]) for n in names],
+                    "captions": [found.captions[n] for n in names],
+                },
+                features=PHOTO_FEATURES,
+                split=split,
+            )
+            for split, names in split_names.items()
+        }
+    )
+
+
+def _usable_photos(found: FoundPhotos, skipped: Counter) -> dict[str, Path]:
+    """Image file by photo name of the photos that have captions and a readable image; counts the others."""
+    usable: dict[str, Path] = {}
+    for name in tqdm(sorted(found.captions), desc="Checking photos", unit="photo", leave=False, mininterval=1):
+        if name not in found.images:
+            skipped["captions for a missing photo"] += 1
+        elif not _readable(found.images[name]):
+            skipped["unreadable or corrupt photo"] += 1
+        else:
+            usable[name] = found.images[name]
+    skipped["photo without captions"] += len(set(found.images) - set(found.captions))
+    return usable
+
+
 def _readable(path: Path) -> bool:
     """Decode at reduced size (JPEG draft: ~0.5 ms) to catch corrupt, truncated and non-image files."""
     try:
@@ -178,69 +301,22 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _load_folder(folder: Path, seed: int, split_fractions: Sequence[float]) -> datasets.DatasetDict:
-    caption_file = _find_caption_file(folder)
-    photo_folder = _find_photo_folder(folder)
-    if photo_folder is None:
-        raise MMClassifierError(
-            f"{folder} has {caption_file.name} but no photo folder: looked for images/, Images/ or "
-            "Flicker8k_Dataset/ inside it."
-        )
-    skipped: Counter = Counter()
-    if caption_file.name == "captions.txt":
-        captions = _read_kaggle_captions(caption_file, skipped)
-    else:
-        captions = _read_token_captions(caption_file, skipped)
-
-    files = {p.name: p for p in photo_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    usable: dict[str, Path] = {}
-    for name in tqdm(sorted(captions), desc="Checking photos", unit="photo", leave=False, mininterval=1):
-        if name not in files:
-            skipped["captions for a missing photo"] += 1
-        elif not _readable(files[name]):
-            skipped["unreadable or corrupt photo"] += 1
-        else:
-            usable[name] = files[name]
-    skipped["photo without captions"] += len(set(files) - set(captions))
-
-    if not usable:
-        raise MMClassifierError(
-            f"No usable photo in {folder}: {caption_file.name} names {len(captions)} photos and "
-            f"{photo_folder.name}/ holds {len(files)} image files, but no photo has both a caption and a "
-            f"readable image ({_describe(skipped) or 'nothing to skip'})."
-        )
-    split_names = _split_photos(folder, sorted(usable), seed, split_fractions, skipped)
-    _warn_skipped(folder, skipped)
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                {
-                    "image_id": names,
-                    "image": [str(usable[n]) for n in names],
-                    "captions": [captions[n] for n in names],
-                },
-                features=PHOTO_FEATURES,
-                split=split,
-            )
-            for split, names in split_names.items()
-        }
-    )
+def _listed_split(splits: Mapping[str, SplitList], available: set[str], skipped: Counter) -> dict[str, list[str]]:
+    """The data set's own split, in its order, restricted to available photos; counts the listed but missing."""
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for split, split_list in splits.items():
+        # A photo already in an earlier split stays there, so no photo is in two splits.
+        listed = [n for n in split_list.photos if n not in seen]
+        seen.update(listed)
+        out[split] = [n for n in listed if n in available]
+        skipped[f"listed in {split_list.source} but missing"] += len(listed) - len(out[split])
+    skipped["photo in no split list"] += len(available - seen)
+    return out
 
 
-def _split_photos(
-    folder: Path, names: list[str], seed: int, fractions: Sequence[float], skipped: Counter
-) -> dict[str, list[str]]:
-    """Official split lists when the folder has them, else a seeded split by photo."""
-    if all((folder / f).is_file() for f in SPLIT_FILES.values()):
-        available = set(names)
-        splits, seen = {}, set()
-        for split, file_name in SPLIT_FILES.items():
-            listed = [n for n in (folder / file_name).read_text().split() if n not in seen]
-            seen.update(listed)
-            splits[split] = [n for n in listed if n in available]
-            skipped[f"listed in {file_name} but missing"] += len(listed) - len(splits[split])
-        skipped["photo in no split list"] += len(available - seen)
-        return splits
+def _seeded_split(names: list[str], seed: int, fractions: Sequence[float]) -> dict[str, list[str]]:
+    """A split by photo that depends on the seed and the photo names only."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise MMClassifierError(f"split_fractions must be three non-negative numbers summing to 1, got {fractions}.")
     shuffled = names[:]
@@ -259,8 +335,9 @@ def _describe(skipped: Counter) -> str:
 
 
 def _warn_skipped(source: object, skipped: Counter) -> None:
+    # stacklevel 4: the warning points at the caller of load_flickr8k, the line a user can act on.
     if any(skipped.values()):
-        warnings.warn(f"{source}: skipped {_describe(skipped)}.", DataWarning, stacklevel=3)
+        warnings.warn(f"{source}: skipped {_describe(skipped)}.", DataWarning, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------------------------- hub
@@ -268,6 +345,39 @@ def _warn_skipped(source: object, skipped: Counter) -> None:
 
 def _load_hub(source: str) -> datasets.DatasetDict:
     """A hub id (or a local folder of parquet/arrow files with the same columns) via ``load_dataset``."""
+    loaded = _load_hub_splits(source)
+    out = {}
+    # Keep to_photo_rows and the filter's lambda where and as they are: datasets hashes a function's code (qualified
+    # name and column offsets included) into the fingerprints that name the cached pixels and features of hub data.
+    for split in SPLITS:
+        ds = loaded[split]
+        caption_columns = sorted(c for c in ds.column_names if c.startswith("caption_"))
+        if "image" not in ds.column_names or not caption_columns:
+            raise MMClassifierError(
+                f"Data set {source!r} split {split!r} has columns {ds.column_names}; expected 'image' and "
+                "'caption_0' .. 'caption_4'."
+            )
+        id_column = next(
+            (c for c in ("image_id", "filename", "file_name", "image_filename") if c in ds.column_names), None
+        )
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+
+        def to_photo_rows(batch, indices, split=split, id_column=id_column, caption_columns=caption_columns):
+            captions = [
+                [c.strip() for c in row if isinstance(c, str) and c.strip()]
+                for row in zip(*(batch[c] for c in caption_columns))
+            ]
+            ids = batch[id_column] if id_column else [f"{split}-{i:05d}" for i in indices]
+            return {"image_id": [str(i) for i in ids], "image": batch["image"], "captions": captions}
+
+        ds = ds.map(to_photo_rows, batched=True, with_indices=True, remove_columns=ds.column_names)
+        ds = ds.filter(lambda row: len(row["captions"]) > 0)
+        out[split] = ds.cast(PHOTO_FEATURES)
+    return datasets.DatasetDict(out)
+
+
+def _load_hub_splits(source: str) -> datasets.DatasetDict:
+    """``load_dataset(source)`` with its train, validation and test splits, or a clear error saying why not."""
     try:
         loaded = datasets.load_dataset(source)
     except Exception as err:  # network, auth, missing repo: all mean "cannot use this source"
@@ -286,30 +396,7 @@ def _load_hub(source: str) -> datasets.DatasetDict:
     missing_splits = [s for s in SPLITS if s not in loaded]
     if missing_splits:
         raise MMClassifierError(f"Data set {source!r} has splits {list(loaded)}; expected {list(SPLITS)}.")
-    out = {}
-    for split in SPLITS:
-        ds = loaded[split]
-        caption_columns = sorted(c for c in ds.column_names if c.startswith("caption_"))
-        if "image" not in ds.column_names or not caption_columns:
-            raise MMClassifierError(
-                f"Data set {source!r} split {split!r} has columns {ds.column_names}; expected 'image' and "
-                "'caption_0' .. 'caption_4'."
-            )
-        id_column = next((c for c in ("image_id", "filename", "file_name", "image_filename") if c in ds.column_names), None)
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-
-        def to_photo_rows(batch, indices, split=split, id_column=id_column, caption_columns=caption_columns):
-            captions = [
-                [c.strip() for c in row if isinstance(c, str) and c.strip()]
-                for row in zip(*(batch[c] for c in caption_columns))
-            ]
-            ids = batch[id_column] if id_column else [f"{split}-{i:05d}" for i in indices]
-            return {"image_id": [str(i) for i in ids], "image": batch["image"], "captions": captions}
-
-        ds = ds.map(to_photo_rows, batched=True, with_indices=True, remove_columns=ds.column_names)
-        ds = ds.filter(lambda row: len(row["captions"]) > 0)
-        out[split] = ds.cast(PHOTO_FEATURES)
-    return datasets.DatasetDict(out)
+    return loaded
 
 
 # ---------------------------------------------------------------------------------------------- pairs
@@ -340,20 +427,7 @@ def to_pairs(
         ``features["labels"]`` is ``Sequence(ClassLabel(names=concepts))``.
     """
     lexicon = validate_lexicon(dict(lexicon), "lexicon") if lexicon is not None else CONCEPT_LEXICON
-    if concepts is None:
-        reference = photos["train"] if isinstance(photos, datasets.DatasetDict) else photos
-        concepts = [c for c, _ in mine_concepts(list(reference["captions"]), num_concepts, min_votes, lexicon)]
-        if not concepts:
-            raise MMClassifierError("No concept of the lexicon is mentioned by enough captions to be used.")
-    concepts = list(concepts)
-    unknown = [c for c in concepts if c not in lexicon]
-    if unknown:
-        raise MMClassifierError(
-            f"Unknown concepts {unknown}: they are not in the lexicon. Add them to a concept file "
-            "(JSON: concept -> list of words)."
-        )
-    if len(set(concepts)) != len(concepts):
-        raise MMClassifierError(f"Concept names must be unique, got {concepts}.")
+    concepts = _pair_concepts(photos, concepts, min_votes, num_concepts, lexicon)
     features = datasets.Features(
         {
             "image_id": datasets.Value("string"),
@@ -387,6 +461,31 @@ def to_pairs(
     return convert(photos)
 
 
+def _pair_concepts(
+    photos: datasets.DatasetDict | datasets.Dataset,
+    concepts: Sequence[str] | None,
+    min_votes: int,
+    num_concepts: int,
+    lexicon: Mapping[str, Sequence[str]],
+) -> list[str]:
+    """The given concepts, checked against the lexicon, or those mined from the training captions."""
+    if concepts is None:
+        reference = photos["train"] if isinstance(photos, datasets.DatasetDict) else photos
+        concepts = [c for c, _ in mine_concepts(list(reference["captions"]), num_concepts, min_votes, lexicon)]
+        if not concepts:
+            raise MMClassifierError("No concept of the lexicon is mentioned by enough captions to be used.")
+    concepts = list(concepts)
+    unknown = [c for c in concepts if c not in lexicon]
+    if unknown:
+        raise MMClassifierError(
+            f"Unknown concepts {unknown}: they are not in the lexicon. Add them to a concept file "
+            "(JSON: concept -> list of words)."
+        )
+    if len(set(concepts)) != len(concepts):
+        raise MMClassifierError(f"Concept names must be unique, got {concepts}.")
+    return concepts
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -407,8 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     train = list(photos["train"]["captions"])
     print(f"{args.dataset}: " + ", ".join(f"{name} {len(split)} photos" for name, split in photos.items()))
-    print(f"\nConcepts mined from the {len(train)} training photos (a photo has a concept when at least "
-          f"{args.min_votes} of its captions name it):\n")
+    print(
+        f"\nConcepts mined from the {len(train)} training photos (a photo has a concept when at least "
+        f"{args.min_votes} of its captions name it):\n"
+    )
     print("| # | concept | training photos | share | words |\n|---:|---|---:|---:|---|")
     for rank, (concept, count) in enumerate(mine_concepts(train, args.num_concepts, args.min_votes), start=1):
         words = ", ".join(w for w in CONCEPT_LEXICON[concept] if w != concept)

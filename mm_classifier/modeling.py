@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 import timm
+from timm.models.efficientnet import EfficientNet
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultiModalConfig
+from .fusion import build_fusion
 from .errors import MMClassifierError
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,14 @@ class MultiModalOutput(ModelOutput):
 
 
 class ImageEncoder(nn.Module):
-    """timm backbone (pooled features) + a small projection.
+    """timm backbone -> photo features -> projection to ``(B, image_embed_dim)``.
 
-    The backbone is split into a frozen *stem* and a trainable *tail* (the last ``trainable_blocks`` stages of
-    an EfficientNet-style timm model plus its head convolution), so the stem's output can be cached. With
-    ``config.image_feature_blocks`` the features are the pooled outputs of those stages instead of the head's.
+    The backbone is an EfficientNet-family timm model (MobileNetV2 among them). Training may freeze all but its
+    last ``trainable_blocks`` blocks (and the head convolution): :meth:`frozen_features` is then the output of
+    the frozen part, which training caches, and :meth:`trainable_features` the rest. ``trainable_blocks`` counts
+    the blocks of ``backbone.blocks``; :attr:`num_stages` (the stem plus every block) means the whole backbone
+    trains, as it does until :meth:`freeze` is called. With ``config.image_feature_blocks`` the features are
+    the pooled outputs of those blocks, taken through timm's ``forward_intermediates``, instead of the head's.
     """
 
     def __init__(self, config: MultiModalConfig):
@@ -49,81 +54,118 @@ class ImageEncoder(nn.Module):
         # pretrained=False: from_pretrained and tests must never download; weights come from the checkpoint
         # or from load_pretrained_backbone().
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
-        self.feature_blocks: list[int] | None = None
         self.local_projection = config.image_local_projection
         self.mirror_average = config.image_mirror_average
-        if config.image_feature_blocks is None and not self.local_projection:
+        self.feature_blocks: list[int] | None = None
+        if config.image_feature_blocks is not None:
+            self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
+        if self.feature_blocks is None and not self.local_projection:
             # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
             width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         else:
-            if config.image_feature_blocks is not None:
-                self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
             width = self._feature_width()
         self.projection = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(width, config.image_embed_dim), nn.ReLU()
         )
-        self.trainable_blocks: int | None = None  # None: everything trains
-        self._freeze_unused()
+        self.trainable_blocks = self.num_stages
+        self._freeze_unused_layers()
+
+    # -------------------------------------------------------------------------------- backbone layout
+
+    @property
+    def splits_into_blocks(self) -> bool:
+        """Whether the backbone can be cut between blocks (feature blocks, partial freezing): EfficientNet-family."""
+        return isinstance(self.backbone, EfficientNet)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.backbone.blocks) if hasattr(self.backbone, "blocks") else 0
+        return len(self.backbone.blocks) if self.splits_into_blocks else 0
 
-    def _freeze_unused(self) -> None:
-        """With chosen feature stages, the later stages and the head never run: they must not ask for gradients
+    @property
+    def num_stages(self) -> int:
+        """timm's feature stages: the stem (index 0) and one per block (index k: the output of block k - 1)."""
+        return self.num_blocks + 1
+
+    def _resolve_blocks(self, blocks) -> list[int]:
+        if not self.splits_into_blocks:
+            raise MMClassifierError(
+                f"image_feature_blocks needs an EfficientNet-family timm backbone (MobileNetV2, EfficientNet); "
+                f"{type(self.backbone).__name__} cannot be cut between blocks."
+            )
+        n = self.num_blocks
+        if not all(-n <= b < n for b in blocks):
+            raise MMClassifierError(f"image_feature_blocks {list(blocks)}: the backbone has blocks 0 to {n - 1} (or -{n} to -1).")
+        return sorted(b % n for b in blocks)
+
+    def _freeze_unused_layers(self) -> None:
+        """With chosen feature blocks, the later blocks and the head never run: they must not ask for gradients
         (multi-process training would wait for theirs forever). Their weights stay, so checkpoints still load."""
         if self.feature_blocks is not None:
             b = self.backbone
             for module in (*b.blocks[self.feature_blocks[-1] + 1 :], b.conv_head, b.bn2):
                 module.requires_grad_(False)
 
-    def _has_stages(self) -> bool:
-        return all(hasattr(self.backbone, a) for a in ("conv_stem", "bn1", "blocks", "conv_head"))
-
-    def _resolve_blocks(self, blocks) -> list[int]:
-        n = self.num_blocks
-        if not self._has_stages():
-            raise MMClassifierError(
-                f"image_feature_blocks needs an EfficientNet/MobileNet-style timm backbone; "
-                f"{type(self.backbone).__name__} has no 'blocks'."
-            )
-        if not all(-n <= b < n for b in blocks):
-            raise MMClassifierError(f"image_feature_blocks {list(blocks)}: the backbone has stages 0 to {n - 1} (or -{n} to -1).")
-        return sorted(b % n for b in blocks)
-
     @torch.no_grad()
     def _feature_width(self) -> int:
         was_training = self.backbone.training
         self.backbone.eval()
-        width = self.pooled_features(torch.zeros(1, 3, 64, 64)).shape[1]
+        width = self.backbone_features(torch.zeros(1, 3, 64, 64)).shape[1]
         self.backbone.train(was_training)
         return width
 
-    def _pool_blocks(self, x: torch.Tensor, first: int) -> torch.Tensor:
-        """Run stages ``first`` onward on ``x`` (the output of stage ``first - 1``), pooling the chosen ones.
+    # -------------------------------------------------------------------------------- features
 
-        With a local projection the chosen stages' maps are kept instead: average-pooled to the grid of the
-        coarsest one and concatenated, (B, F, h, w).
-        """
-        maps = [x] if first - 1 in self.feature_blocks else []
-        for index in range(first, self.feature_blocks[-1] + 1):
-            x = self.backbone.blocks[index](x)
-            if index in self.feature_blocks:
-                maps.append(x)  # (B, C_index, h_index, w_index)
+    def _intermediates(self, pixel_values: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+        """Outputs of timm feature stages (0: the stem; k: block k - 1), running no further than the last."""
+        return self.backbone.forward_intermediates(
+            pixel_values, indices=stages, extra_blocks=True, stop_early=True, intermediates_only=True
+        )
+
+    def _pool(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The chosen blocks' maps -> pooled and concatenated (B, F); with a local projection, the maps average-
+        pooled to the coarsest one's grid and concatenated, (B, F, h, w)."""
         if not self.local_projection:
             return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
         grid = maps[-1].shape[-2:]
         return torch.cat([nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
 
-    def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, F): the backbone's pooled head output, or its chosen stages' pooled outputs.
+    def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the features the projection reads: the pooled head output (B, F), or the chosen
+        blocks' pooled outputs; with ``image_local_projection`` unpooled maps (B, F, h, w)."""
+        if self.feature_blocks is not None:
+            return self._pool(self._intermediates(pixel_values, [b + 1 for b in self.feature_blocks]))
+        return self.backbone.forward_features(pixel_values) if self.local_projection else self.backbone(pixel_values)
 
-        With ``image_local_projection`` the features are not pooled yet: (B, F, h, w).
+    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen part of the backbone: (B, 3, H, W) -> what :meth:`trainable_features` continues from.
+
+        With the whole backbone frozen, that is :meth:`backbone_features`; else the output of the last frozen
+        block (B, C, h, w).
         """
-        if self.feature_blocks is None:
-            return self.backbone.forward_features(pixel_values) if self.local_projection else self.backbone(pixel_values)
-        b = self.backbone
-        return self._pool_blocks(b.bn1(b.conv_stem(pixel_values)), 0)
+        if self.trainable_blocks == 0:
+            return self.backbone_features(pixel_values)
+        if self.trainable_blocks == self.num_stages:
+            return pixel_values
+        return self._intermediates(pixel_values, [self.num_blocks - self.trainable_blocks])[0]
+
+    def trainable_features(self, frozen: torch.Tensor) -> torch.Tensor:
+        """The trainable part: :meth:`frozen_features`' output -> :meth:`backbone_features`' output."""
+        if self.trainable_blocks == 0:
+            return frozen
+        if self.trainable_blocks == self.num_stages:
+            return self.backbone_features(frozen)
+        b, first = self.backbone, self.num_blocks - self.trainable_blocks
+        if self.feature_blocks is not None:
+            # The frozen part's output is itself a chosen block's output when the first trainable block follows it.
+            maps = [frozen] if first - 1 in self.feature_blocks else []
+            x = frozen
+            for index in range(first, self.feature_blocks[-1] + 1):
+                x = b.blocks[index](x)
+                if index in self.feature_blocks:
+                    maps.append(x)  # (B, C_index, h_index, w_index)
+            return self._pool(maps)
+        x = b.bn2(b.conv_head(b.blocks[first:](frozen)))
+        return x if self.local_projection else b.forward_head(x)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled (B, F) features, or a (B, F, h, w) map projected at every position and then averaged."""
@@ -131,82 +173,74 @@ class ImageEncoder(nn.Module):
             return self.projection(features)
         return self.projection(features.permute(0, 2, 3, 1)).mean(dim=(1, 2))
 
-    def _check_split(self, trainable_blocks: int) -> None:
-        if trainable_blocks and not self._has_stages():
+    # -------------------------------------------------------------------------------- freezing
+
+    def freeze(self, trainable_blocks: int) -> None:
+        """Freeze the backbone except its last ``trainable_blocks`` blocks and head convolution (0: all of it)."""
+        if trainable_blocks and not self.splits_into_blocks:
             raise MMClassifierError(
-                f"trainable_blocks={trainable_blocks} needs an EfficientNet/MobileNet-style timm backbone; "
-                f"{type(self.backbone).__name__} has no 'blocks'. Use 0 (frozen) or train it whole."
+                f"trainable_blocks={trainable_blocks} needs an EfficientNet-family timm backbone; "
+                f"{type(self.backbone).__name__} cannot be cut between blocks. Use 0 (frozen) or train it whole."
             )
-        if not 0 <= trainable_blocks <= max(self.num_blocks, 0):
+        if not 0 <= trainable_blocks <= self.num_blocks:
             raise MMClassifierError(f"trainable_blocks must be between 0 and {self.num_blocks}, got {trainable_blocks}.")
         first_trainable = self.num_blocks - trainable_blocks
         if trainable_blocks and self.feature_blocks and self.feature_blocks[0] < first_trainable - 1:
             raise MMClassifierError(
-                f"image_feature_blocks {self.feature_blocks} reach into the frozen stages whose output is cached; "
+                f"image_feature_blocks {self.feature_blocks} reach into the frozen blocks whose output is cached; "
                 f"with trainable_blocks={trainable_blocks} they must be {first_trainable - 1} or later."
             )
-
-    def stem(self, pixel_values: torch.Tensor, trainable_blocks: int = 0) -> torch.Tensor:
-        """The frozen part: (B, 3, H, W) -> the features when nothing trains (pooled (B, F), or (B, F, h, w) with
-        a local projection), else the map entering the tail."""
-        self._check_split(trainable_blocks)
-        if trainable_blocks == 0:
-            return self.pooled_features(pixel_values)
-        b = self.backbone
-        x = b.bn1(b.conv_stem(pixel_values))
-        return b.blocks[: self.num_blocks - trainable_blocks](x)
-
-    def tail(self, stem_output: torch.Tensor, trainable_blocks: int = 0) -> torch.Tensor:
-        """The trainable part: stem output -> features (pooled (B, F), or (B, F, h, w) with a local projection)."""
-        if trainable_blocks == 0:
-            return stem_output
-        if self.feature_blocks is not None:
-            return self._pool_blocks(stem_output, self.num_blocks - trainable_blocks)
-        b = self.backbone
-        x = b.bn2(b.conv_head(b.blocks[self.num_blocks - trainable_blocks :](stem_output)))
-        return x if self.local_projection else b.forward_head(x)
-
-    def freeze(self, trainable_blocks: int) -> None:
-        """Freeze the backbone except its last ``trainable_blocks`` stages (and head conv); 0 freezes it all."""
-        self._check_split(trainable_blocks)
         self.trainable_blocks = trainable_blocks
         self.backbone.requires_grad_(False)
         if trainable_blocks:
             b = self.backbone
-            for module in (*b.blocks[self.num_blocks - trainable_blocks :], b.conv_head, b.bn2):
+            for module in (*b.blocks[first_trainable:], b.conv_head, b.bn2):
                 module.requires_grad_(True)
-            self._freeze_unused()
+            self._freeze_unused_layers()
         self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
         # Fine-tuning a (partly) frozen pretrained backbone: every batch norm keeps its statistics, trainable
-        # stages too. Small CPU batches would corrupt them, and weights with batch norm folded into the
+        # blocks too. Small CPU batches would corrupt them, and weights with batch norm folded into the
         # convolutions (TFLite conversions) have identity statistics that batch statistics would destroy.
-        # Their scale and shift still train. A backbone trained from scratch (never frozen) uses batch statistics.
-        if mode and self.trainable_blocks is not None:
+        # Their scale and shift still train. A backbone that trains whole (from scratch) uses batch statistics.
+        if mode and self.trainable_blocks != self.num_stages:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
 
-    def forward(self, pixel_values=None, stem_output=None, trainable_blocks: int = 0) -> torch.Tensor:
-        """(B, 3, H, W) pixels, or a cached stem output, -> (B, image_embed_dim).
+    # -------------------------------------------------------------------------------- forward
 
-        With ``config.image_mirror_average``, in inference mode the embedding of pixels is the mean of the photo's
-        and its mirror image's; a cached stem output is one view (the caller averages two, see train.py).
+    def forward(self, pixel_values=None, frozen_features=None, mirrored_frozen_features=None) -> torch.Tensor:
+        """(B, 3, H, W) pixels, or cached :meth:`frozen_features`, -> (B, image_embed_dim).
+
+        ``mirrored_frozen_features``: the cached frozen features of the photos' mirror images, for the
+        test-time mirror averaging below (ignored in training mode).
         """
-        if stem_output is None and self.mirror_average and not self.training:
-            # Test-time augmentation: the photo and its mirror image in one batch, their embeddings averaged.
-            both = torch.cat([pixel_values, pixel_values.flip(-1)])
-            if pixel_values.is_contiguous(memory_format=torch.channels_last):
-                both = both.contiguous(memory_format=torch.channels_last)
-            return self.project(self.pooled_features(both)).view(2, len(pixel_values), -1).mean(0)
-        if stem_output is None:
-            features = self.pooled_features(pixel_values)
-        else:
-            features = self.tail(stem_output, trainable_blocks)
-        return self.project(features)
+        if self.mirror_average and not self.training:
+            return self.mirror_averaged(pixel_values, frozen_features, mirrored_frozen_features)
+        if frozen_features is None:
+            return self.project(self.backbone_features(pixel_values))
+        return self.project(self.trainable_features(frozen_features))
+
+    def mirror_averaged(self, pixel_values=None, frozen_features=None, mirrored_frozen_features=None) -> torch.Tensor:
+        """Test-time mirror averaging (``config.image_mirror_average``, inference mode): the mean of the photo's
+        and its mirror image's (flipped left to right) embeddings, at twice the image encoder's cost.
+
+        From pixels both views go through the backbone in one batch; from a cache both views' frozen features
+        must be given (one view alone is embedded as it is).
+        """
+        if frozen_features is not None:
+            embeds = self.project(self.trainable_features(frozen_features))
+            if mirrored_frozen_features is None:
+                return embeds
+            return (embeds + self.project(self.trainable_features(mirrored_frozen_features))) / 2
+        both = torch.cat([pixel_values, pixel_values.flip(-1)])
+        if pixel_values.is_contiguous(memory_format=torch.channels_last):
+            both = both.contiguous(memory_format=torch.channels_last)
+        return self.project(self.backbone_features(both)).view(2, len(pixel_values), -1).mean(0)
 
 
 class TextEncoder(nn.Module):
@@ -258,9 +292,12 @@ class MultiModalClassifier(PreTrainedModel):
         super().__init__(config)
         self.image_encoder = ImageEncoder(config) if config.uses_image else None
         self.text_encoder = TextEncoder(config) if config.uses_text else None
-        in_features = (config.image_embed_dim if config.uses_image else 0) + (
-            config.text_embed_dim if config.uses_text else 0
-        )
+        # A fusion model combines the two embeddings (fusion.py); a single-modality model reads its one embedding.
+        self.fusion = build_fusion(config) if config.modality == "fusion" else None
+        if self.fusion is not None:
+            in_features = self.fusion.output_dim
+        else:
+            in_features = config.image_embed_dim if config.uses_image else config.text_embed_dim
         layers: list[nn.Module] = []
         for hidden in config.fusion_hidden_sizes:
             layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
@@ -277,12 +314,14 @@ class MultiModalClassifier(PreTrainedModel):
 
     # -------------------------------------------------------------------------------- parts
 
-    def encode_image(self, pixel_values=None, stem_output=None) -> torch.Tensor:
-        """(B, 3, H, W) pixels or a cached backbone stem output -> (B, image_embed_dim)."""
+    def encode_image(self, pixel_values=None, frozen_features=None, mirrored_frozen_features=None) -> torch.Tensor:
+        """(B, 3, H, W) pixels, or the cached output of the backbone's frozen part -> (B, image_embed_dim).
+
+        See :meth:`ImageEncoder.forward` (and its test-time mirror averaging).
+        """
         if self.image_encoder is None:
             raise MMClassifierError(f"This is a {self.config.modality}-only model: it has no image encoder.")
-        blocks = self.image_encoder.trainable_blocks or 0
-        return self.image_encoder(pixel_values, stem_output=stem_output, trainable_blocks=blocks)
+        return self.image_encoder(pixel_values, frozen_features, mirrored_frozen_features)
 
     def encode_text(self, input_ids, attention_mask=None) -> torch.Tensor:
         """(B, T) token ids -> (B, text_embed_dim)."""
@@ -292,16 +331,20 @@ class MultiModalClassifier(PreTrainedModel):
 
     def classify(self, image_embeds=None, text_embeds=None) -> torch.Tensor:
         """Embeddings -> (B, num_concepts) logits. A fusion model treats a missing modality as zeros."""
-        parts = []
-        if self.config.uses_image:
-            parts.append(image_embeds if image_embeds is not None else self._zeros(text_embeds, "image"))
-        if self.config.uses_text:
-            parts.append(text_embeds if text_embeds is not None else self._zeros(image_embeds, "text"))
-        return self.classifier(torch.cat(parts, dim=-1))
+        if self.fusion is None:
+            embeds = image_embeds if self.config.uses_image else text_embeds
+            if embeds is None:
+                raise MMClassifierError(f"The {self.config.modality} model needs a {self.config.modality} input.")
+            return self.classifier(embeds)
+        if image_embeds is None:
+            image_embeds = self._zeros(text_embeds, "image")
+        if text_embeds is None:
+            text_embeds = self._zeros(image_embeds, "text")
+        return self.classifier(self.fusion(image_embeds, text_embeds))
 
     def _zeros(self, other: torch.Tensor | None, modality: str) -> torch.Tensor:
-        if other is None or self.config.modality != "fusion":
-            raise MMClassifierError(f"The {self.config.modality} model needs a {modality} input.")
+        if other is None:
+            raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
         size = self.config.image_embed_dim if modality == "image" else self.config.text_embed_dim
         return other.new_zeros(other.shape[0], size)
 
@@ -313,31 +356,34 @@ class MultiModalClassifier(PreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        stem_output: torch.Tensor | None = None,
+        frozen_features: torch.Tensor | None = None,
+        mirrored_frozen_features: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> MultiModalOutput:
-        """Predict concept logits from a photo (``pixel_values`` or a cached ``stem_output``) and/or a caption.
+        """Predict concept logits from a photo (``pixel_values`` or cached ``frozen_features``) and/or a caption.
 
         Args:
             pixel_values: (B, 3, H, W) normalised images.
             input_ids, attention_mask: (B, T) caption tokens.
             labels: (B, num_concepts) multi-hot targets; when given, ``loss`` is computed.
-            stem_output: cached output of the frozen backbone part, instead of ``pixel_values``.
+            frozen_features: cached output of the backbone's frozen part (:meth:`ImageEncoder.frozen_features`),
+                instead of ``pixel_values``.
+            mirrored_frozen_features: the same for the photos' mirror images (test-time mirror averaging).
             image_embeds: (B, image_embed_dim) from :meth:`encode_image`, instead of either (a frozen image
                 encoder's embeddings can be computed once per photo).
             text_embeds: (B, text_embed_dim) from :meth:`encode_text`, instead of ``input_ids`` (likewise once
                 per caption for a frozen text encoder).
         """
-        has_image = pixel_values is not None or stem_output is not None or image_embeds is not None
+        has_image = pixel_values is not None or frozen_features is not None or image_embeds is not None
         has_text = input_ids is not None or text_embeds is not None
         if not has_image and not has_text:
             raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
         if not self.config.uses_image:
             image_embeds = None
         elif has_image and image_embeds is None:
-            image_embeds = self.encode_image(pixel_values, stem_output)  # (B, Di)
+            image_embeds = self.encode_image(pixel_values, frozen_features, mirrored_frozen_features)  # (B, Di)
         if not self.config.uses_text:
             text_embeds = None
         elif has_text and text_embeds is None:
@@ -380,7 +426,7 @@ class MultiModalClassifier(PreTrainedModel):
         batch-norm statistics kept) even in ``train()``.
 
         The fusion stage uses this to train only the fusion layers on top of the two single-modality
-        encoders (README, "Training").
+        encoders trained before it.
         """
         for name, wanted, encoder in (("image", image, self.image_encoder), ("text", text, self.text_encoder)):
             if not wanted:
@@ -400,7 +446,7 @@ class MultiModalClassifier(PreTrainedModel):
     # -------------------------------------------------------------------------------- backbone
 
     def freeze_backbone(self, trainable_blocks: int = 0) -> None:
-        """Freeze the image backbone except its last ``trainable_blocks`` stages (0: frozen entirely)."""
+        """Freeze the image backbone except its last ``trainable_blocks`` blocks (0: frozen entirely)."""
         if self.image_encoder is None:
             raise MMClassifierError("A text-only model has no backbone to freeze.")
         self.image_encoder.freeze(trainable_blocks)

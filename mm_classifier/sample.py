@@ -1,4 +1,5 @@
-"""The built-in sample: synthetic scenes with captions, written in the Kaggle layout and cached.
+"""The built-in sample: synthetic scenes with captions, written in the Kaggle layout (``images/`` +
+``captions.txt``) under the cache root.
 
 Designed so that both modalities matter: everything in a scene is drawn, but men and women (and boys and
 girls) are drawn alike, so only a caption tells them apart; each caption in turn names the ground and each
@@ -15,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from .cache import cache_root
 
 SAMPLE_VERSION = 3
 NUM_PHOTOS = 1600
@@ -53,8 +56,6 @@ RGB = {
 
 def sample_folder(seed: int = 0, num_photos: int = NUM_PHOTOS, root: Path | None = None) -> Path:
     """Return the sample's folder, generating it on first use (a few seconds)."""
-    from .data import cache_root  # late import: data imports this module lazily too
-
     folder = (root or cache_root()) / f"sample-v{SAMPLE_VERSION}-seed{seed}-n{num_photos}"
     if not (folder / "captions.txt").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,14 @@
 """Shared fixtures: offline environment, a private cache, tiny data sets and one tiny trained model."""
 
 import os
-import sys
-from pathlib import Path
+
+import pytest
 
 # Before any Hugging Face import: tests never touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TINY_TRAIN_ARGS = [
     "--no-pretrained", "--backbone", "test_efficientnet", "--image-size", "32", "--batch-size", "16",
@@ -42,7 +37,7 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_folder):
     """A fusion model trained for two epochs on the tiny folder through train.main (seconds)."""
-    import train
+    import train  # the repository root is on sys.path through pytest's `pythonpath` option (pyproject.toml)
 
     out = tmp_path_factory.mktemp("tiny_model")
     assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(out), "--modality", "fusion",

@@ -1,11 +1,15 @@
 import csv
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import datasets
 import pytest
 from PIL import Image
 
-from mm_classifier import DataWarning, MMClassifierError, load_flickr8k, to_pairs
+from mm_classifier import DataWarning, MMClassifierError, data, load_flickr8k, to_pairs
 from mm_classifier.sample import generate_sample
 
 
@@ -65,7 +69,8 @@ def test_original_layout_with_split_lists_missing_photos_and_bogus_entry(tmp_pat
 
 
 def test_bad_photos_are_skipped_and_counted(tmp_path):
-    write_kaggle(tmp_path, {f"ok{i}.jpg": five("dog") for i in range(8)}, extra_rows=["ghost.jpg,a caption", ",", "broken"])
+    photos = {f"ok{i}.jpg": five("dog") for i in range(8)}
+    write_kaggle(tmp_path, photos, extra_rows=["ghost.jpg,a caption", ",", "broken"])
     (tmp_path / "images" / "notimage.jpg").write_bytes(b"hello")
     good = (tmp_path / "images" / "ok0.jpg").read_bytes()
     (tmp_path / "images" / "truncated.jpg").write_bytes(good[: len(good) // 2])
@@ -112,10 +117,14 @@ def test_pairs_carry_leave_one_out_labels_and_concept_names(tmp_path):
     first = pairs["train"].select(range(5))
     assert list(first["caption"]) == five("dog")
     # dog in 4 captions: everyone; beach/water/grass each in one caption: nobody reaches 2 other votes.
-    assert [sorted(l) for l in first["labels"]] == [[0]] * 5
+    assert [sorted(labels) for labels in first["labels"]] == [[0]] * 5
     # The share of the other four captions that name each concept (the soft targets).
     assert [list(s) for s in first["label_shares"]] == [
-        [0.75, 0, 0, 0.25], [0.75, 0.25, 0.25, 0.25], [0.75, 0.25, 0.25, 0.25], [0.75, 0.25, 0.25, 0], [1, 0.25, 0.25, 0.25]
+        [0.75, 0, 0, 0.25],
+        [0.75, 0.25, 0.25, 0.25],
+        [0.75, 0.25, 0.25, 0.25],
+        [0.75, 0.25, 0.25, 0],
+        [1, 0.25, 0.25, 0.25],
     ]
     with pytest.raises(MMClassifierError, match="Unknown concepts"):
         to_pairs(photos, ["dog", "unicorn"])
@@ -128,7 +137,8 @@ def test_mined_concepts_come_from_training_split(tiny_folder):
 
 def test_hub_layout_through_load_dataset_with_a_local_parquet_stand_in(tmp_path):
     image = Image.new("RGB", (12, 12), "red")
-    rows = {"image": [image] * 3, **{f"caption_{i}": [f"a dog {i}", "a dog", "", "dogs", "x"][i : i + 1] * 3 for i in range(5)}}
+    captions = [["a dog 0"], ["a dog"], [""], ["dogs"], ["x"]]  # caption_i of every row
+    rows = {"image": [image] * 3, **{f"caption_{i}": captions[i] * 3 for i in range(5)}}
     stand_in = tmp_path / "hub_copy"
     stand_in.mkdir()
     for split in ("train", "validation", "test"):
@@ -166,3 +176,54 @@ def test_builtin_sample_generates_quickly_and_caches():
     assert sum(len(photos[s]) for s in photos) == 1600
     again = load_flickr8k("sample")
     assert list(again["test"]["image_id"]) == list(photos["test"]["image_id"])
+
+
+def test_a_new_layout_is_one_reader_and_one_table_line(tmp_path, monkeypatch):
+    """A toy layout (photos/ + captions.json with its own split) goes through the same checks as the built-in ones."""
+
+    def read_toy(folder):
+        captions = json.loads((folder / "captions.json").read_text())
+        images = {p.name: p for p in (folder / "photos").iterdir()}
+        own_split = {"train": ["a.png", "b.png", "c.png"], "validation": ["d.png"], "test": ["e.png", "ghost.png"]}
+        splits = {split: data.SplitList("captions.json", names) for split, names in own_split.items()}
+        return data.FoundPhotos(captions, images, "captions.json", "photos/", splits=splits)
+
+    toy = data.Layout("toy layout (captions.json)", lambda path: (path / "captions.json").is_file(), read_toy)
+    monkeypatch.setattr(data, "LAYOUTS", (*data.LAYOUTS, toy))
+    (tmp_path / "photos").mkdir()
+    for name in "abcde":
+        Image.new("RGB", (8, 8), "blue").save(tmp_path / "photos" / f"{name}.png")
+    captions = {f"{name}.png": [f"a dog {name}", "a dog"] for name in "abcde"}
+    (tmp_path / "captions.json").write_text(json.dumps({**captions, "ghost.png": ["a dog"]}))
+
+    with pytest.warns(DataWarning, match="1 captions for a missing photo, 1 listed in captions.json but missing"):
+        photos = load_flickr8k(tmp_path)
+    assert [list(photos[s]["image_id"]) for s in ("train", "validation", "test")] == [
+        ["a.png", "b.png", "c.png"], ["d.png"], ["e.png"]]
+    assert photos["validation"][0]["captions"] == ["a dog d", "a dog"]
+    assert photos["test"][0]["image"].size == (8, 8)
+    # The "nothing found" message is written from the table, so it names the new layout too.
+    with pytest.raises(MMClassifierError, match=r"toy layout \(captions.json\)"):
+        load_flickr8k(tmp_path / "photos")
+
+
+def test_a_file_is_not_a_data_set(tmp_path):
+    (tmp_path / "captions.txt").write_text("image,caption\n")
+    with pytest.raises(MMClassifierError, match="is a file; pass the folder that contains it"):
+        load_flickr8k(tmp_path / "captions.txt")
+
+
+def test_sample_does_not_import_data(tmp_path):
+    """The sample needs only the cache root: generating it (without the package's __init__) loads no data module."""
+    package_dir = Path(data.__file__).parent
+    code = (
+        "import sys, types\n"
+        "package = types.ModuleType('mm_classifier')\n"
+        f"package.__path__ = [{str(package_dir)!r}]\n"
+        "sys.modules['mm_classifier'] = package\n"  # skip __init__, which imports every module
+        "import mm_classifier.sample\n"
+        f"mm_classifier.sample.sample_folder(num_photos=1, root=__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mm_classifier.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "['mm_classifier.cache', 'mm_classifier.sample']"

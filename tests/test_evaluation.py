@@ -1,66 +1,142 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
+from mm_classifier import (
+    MMClassifierError,
+    MultiModalClassifier,
+    MultiModalConfig,
+    MultiModalProcessor,
+    Predictor,
+    build_tokenizer,
+)
+from mm_classifier.evaluation import evaluate_model, pairs_for_model, score_pairs, write_pipeline_report
 from mm_classifier.evaluation import main as evaluation_cli
-from mm_classifier.evaluation import SHRINKAGE_STRENGTHS, select_threshold_shrinkage, tune_thresholds
+from mm_classifier.metrics import compute_metrics
+from mm_classifier.pairs import multi_hot
+from mm_classifier.reporting import format_metric
+
+CONCEPTS = ["dog", "beach", "man"]  # words the tiny folder's captions use
 
 
-def test_tuned_thresholds_maximise_f1_on_separable_scores():
-    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
-    p = np.array([[0.40, 0.9], [0.35, 0.2], [0.1, 0.8], [0.2, 0.1]])
-    thresholds = tune_thresholds(p, y, shrinkage=0)  # each concept's own threshold
-    assert 0.2 < thresholds[0] <= 0.35  # between the best negative and the lowest positive
-    assert ((p[:, 0] >= thresholds[0]) == y[:, 0]).all()
-    assert tune_thresholds(p, np.zeros_like(y)) == [0.5, 0.5]  # no positive at all: the default stays
-    no_second = y * [1, 0]  # a concept without positives takes the shared threshold, whatever the strength
-    for strength in (0, 10, float("inf")):
-        thresholds = tune_thresholds(p, no_second, shrinkage=strength)
-        assert np.isfinite(thresholds).all() and thresholds[1] == tune_thresholds(p, no_second, shrinkage=float("inf"))[1]
+def save_untrained_model(directory, modality, concepts=CONCEPTS, thresholds=(0.5, 0.45, 0.55)):
+    """A small untrained model folder: evaluation does not care whether a model is any good."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(["a dog runs on the beach", "a man in the snow"], min_frequency=1)
+    config = MultiModalConfig(
+        modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=len(tokenizer),
+        id2label=dict(enumerate(concepts)), thresholds=list(thresholds), image_embed_dim=16, text_embed_dim=16,
+        word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16],
+    )
+    MultiModalClassifier(config).save_pretrained(directory)
+    MultiModalProcessor.from_config(config, tokenizer).save_pretrained(directory)
+    return directory
 
 
-def test_shrinkage_pulls_thresholds_toward_the_shared_one():
-    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 1], [0, 0]])
-    p = np.array([[0.9, 0.30], [0.8, 0.1], [0.2, 0.35], [0.3, 0.05], [0.7, 0.4], [0.1, 0.2]])
-    own = np.array(tune_thresholds(p, y, shrinkage=0))
-    shared = np.array(tune_thresholds(p, y, shrinkage=float("inf")))
-    assert shared[0] == shared[1] and own[0] != own[1]
-    middle = np.array(tune_thresholds(p, y, shrinkage=3))  # 3 positives each: halfway
-    assert np.allclose(middle, (own + shared) / 2)
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    folders = {m: save_untrained_model(root / m, m) for m in ("fusion", "image")}
+    folders["text"] = save_untrained_model(root / "text", "text", thresholds=(0.4, 0.5, 0.6))
+    folders["other concepts"] = save_untrained_model(root / "other", "text", ["dog", "snow"], (0.5, 0.5))
+    return folders
 
 
-def test_shrinkage_is_chosen_on_held_out_photos():
-    # Concept 1 is rare and its scores are noise: its own threshold fits that noise, so cross-validation
-    # prefers thresholds close to the shared one. Concept 0's scores are informative and calibrated.
-    rng = np.random.default_rng(0)
-    photos = np.repeat(np.arange(300), 5)
-    y = np.stack([rng.random(300) < 0.4, rng.random(300) < 0.05], 1)[photos].astype(int)
-    p = np.stack([np.clip(y[:, 0] * 0.5 + rng.random(1500) * 0.5, 0, 1), rng.random(1500) * 0.6], 1)
-    strength, scores = select_threshold_shrinkage(p, y, groups=photos)
-    assert set(scores) == set(SHRINKAGE_STRENGTHS)
-    assert strength >= 30 and scores[strength] == max(scores.values())
-    assert scores[strength] > scores[0.0]
-    # Too few photos for the folds: the shared threshold, without cross-validation.
-    assert select_threshold_shrinkage(p[:15], y[:15], groups=photos[:15]) == (float("inf"), {})
+def as_json(value):
+    return json.loads(json.dumps(value))
 
 
-def test_report_end_to_end_for_a_tiny_model(tiny_model, tiny_folder, tmp_path, capsys):
+def test_cli_reports_a_model_its_ablations_and_comparisons(models, tiny_folder, tmp_path, capsys):
     out = tmp_path / "report"
-    assert evaluation_cli(["--model", str(tiny_model), "--dataset", str(tiny_folder), "--split", "test",
-                           "--output-dir", str(out), "--compare", str(tiny_model), "--num-examples", "4"]) == 0
-    for name in ("metrics.json", "report.md", "roc_curves.png", "pr_curves.png", "examples.png"):
-        assert (out / name).stat().st_size > 0, name
-    metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("micro_f1", "macro_f1", "samples_f1", "micro_precision", "micro_recall", "mAP", "roc_auc",
-                "roc_auc_micro", "subset_accuracy", "hamming_loss"):
-        assert key in metrics["metrics"], key
-    assert set(metrics["ablation"]) == {"caption removed (photo only)", "photo removed (caption only)"}
-    assert len(metrics["compare"]) == 1
+    assert evaluation_cli(["--model", str(models["fusion"]), "--dataset", str(tiny_folder), "--split", "test",
+                           "--output-dir", str(out), "--compare", str(models["text"]), "--num-examples", "4"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+
+    fusion, text = Predictor.from_pretrained(models["fusion"]), Predictor.from_pretrained(models["text"])
+    pairs = pairs_for_model(fusion.model.config, str(tiny_folder), "test")
+    targets = multi_hot(list(pairs["labels"]), len(CONCEPTS))
+    scores = score_pairs(fusion, pairs)
+    thresholds = [0.5, 0.45, 0.55]
+    assert (result["num_pairs"], result["num_photos"]) == (len(pairs), len(set(pairs["image_id"])))
+    assert result["metrics"] == as_json(compute_metrics(scores["both"], targets, thresholds, CONCEPTS))
+    assert result["ablation"] == as_json({
+        "caption removed (photo only)": compute_metrics(scores["image_only"], targets, thresholds, CONCEPTS),
+        "photo removed (caption only)": compute_metrics(scores["text_only"], targets, thresholds, CONCEPTS),
+    })
+    assert result["compare"] == as_json(
+        # Each model decides with its own thresholds.
+        {"text model (text)": compute_metrics(score_pairs(text, pairs)["both"], targets, [0.4, 0.5, 0.6], CONCEPTS)}
+    )
+
     report = (out / "report.md").read_text()
-    assert "| concept | support |" in report and "caption removed" in report
-    assert "micro-F1" in capsys.readouterr().out
+    summary = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ") and "model |" not in line]
+    assert summary[:4] == [
+        "| text model (text)", "| fusion model (fusion)", "| caption removed (photo only)",
+        "| photo removed (caption only)",
+    ]
+    for figure in ("roc_curves.png", "pr_curves.png", "examples.png"):
+        assert f"]({figure})" in report and (out / figure).is_file()
+    m = result["metrics"]
+    assert capsys.readouterr().out == (
+        f"micro-F1 {format_metric(m['micro_f1'])}, macro-F1 {format_metric(m['macro_f1'])}, "
+        f"mAP {format_metric(m['mAP'])}, ROC-AUC {format_metric(m['roc_auc'])} on {len(pairs)} pairs "
+        f"-> {out}/report.md\n"
+    )
+
+
+def test_pair_scores_equal_predictions_pair_by_pair(models, tiny_folder):
+    predictor = Predictor.from_pretrained(models["fusion"])
+    pairs = pairs_for_model(predictor.model.config, str(tiny_folder), "validation").select(range(12))
+    scores = score_pairs(predictor, pairs, batch_size=2)  # photos encoded once, in several batches
+    photos, captions = list(pairs["image"]), list(pairs["caption"])
+    expected = {
+        "both": predictor.predict_logits(photos, captions), "image_only": predictor.predict_logits(photos),
+        "text_only": predictor.predict_logits(captions=captions),
+    }
+    assert set(scores) == set(expected)
+    for view, logits in expected.items():
+        assert scores[view].shape == (12, len(CONCEPTS))
+        np.testing.assert_allclose(scores[view], torch.sigmoid(logits).numpy(), atol=1e-5, err_msg=view)
+
+
+def test_a_single_modality_model_has_no_ablation_and_a_default_output_folder(tiny_folder, tmp_path):
+    model_dir = save_untrained_model(tmp_path / "text", "text")
+    result = evaluate_model(model_dir, str(tiny_folder), split="validation", num_examples=2)
+    assert (result["split"], result["ablation"], result["compare"]) == ("validation", {}, {})
+    assert json.loads((model_dir / "eval_validation" / "metrics.json").read_text()) == as_json(result)
+    predictor = Predictor.from_pretrained(model_dir)
+    assert list(score_pairs(predictor, pairs_for_model(predictor.model.config, str(tiny_folder), "test"))) == ["both"]
+
+
+def test_evaluation_errors_a_user_can_cause(models, tiny_folder, tmp_path):
+    with pytest.raises(MMClassifierError, match="predicts other concepts"):
+        evaluate_model(models["text"], str(tiny_folder), output_dir=tmp_path, compare=[models["other concepts"]])
+    with pytest.raises(MMClassifierError, match="Unknown split 'dev'"):
+        evaluate_model(models["text"], str(tiny_folder), split="dev", output_dir=tmp_path)
 
 
 def test_cli_reports_a_missing_model(tmp_path, capsys):
     assert evaluation_cli(["--model", str(tmp_path / "nope"), "--dataset", "sample"]) == 2
     assert "No model at" in capsys.readouterr().err
+
+
+def test_pipeline_report_puts_the_stages_side_by_side_with_their_training_time(models, tiny_folder, tmp_path):
+    text_dir = save_untrained_model(tmp_path / "text", "text")
+    stage_results = {"best_epoch": 2, "epochs_run": 4, "train_seconds": 3.5, "stage_seconds": 5.0}
+    (text_dir / "all_results.json").write_text(json.dumps(stage_results))
+    out = tmp_path / "report"
+    report_file = write_pipeline_report(out, {"text": text_dir, "image": models["image"]}, str(tiny_folder),
+                                        split="validation")
+    assert report_file == out / "report.md"
+    result = json.loads((out / "metrics.json").read_text())
+    # Without a fusion model, the image-only model is the main one and the text-only one is compared with it.
+    assert (result["model"], list(result["compare"]), result["split"]) == (
+        str(models["image"]), ["text model (text)"], "validation",
+    )
+    report = report_file.read_text()
+    assert report.startswith("# Image-only, text-only and fusion models compared\n")
+    # Only a stage whose folder has all_results.json gets a row.
+    assert report.endswith("## Training time\n\n| model | best epoch | epochs run | training s | stage s |\n"
+                           "|---|---:|---:|---:|---:|\n| text | 2 | 4 | 3.5 | 5.0 |\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, load_flickr8k
-from mm_classifier.features import PhotoTable, photo_pixels, photos_key, stem_outputs
+from mm_classifier.features import PhotoTable, cached_frozen_features, photo_pixels, photos_key
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,9 @@ def tiny_model(**overrides):
     config = MultiModalConfig(
         modality="image", backbone="test_efficientnet", image_size=32, id2label={0: "dog", 1: "snow"}, **overrides
     )
-    return MultiModalClassifier(config).eval()
+    model = MultiModalClassifier(config)
+    model.freeze_backbone(0)  # the whole backbone frozen: its pooled features are what gets cached
+    return model.eval()
 
 
 def test_pixels_are_cached_and_read_back_unchanged(photos):
@@ -46,7 +48,7 @@ def test_photo_table_indexes_rows_across_arrow_chunks_like_a_tensor():
             photo_table[bad]
 
 
-def test_cached_backbone_outputs_never_load_the_pixels_again(photos):
+def test_cached_frozen_features_never_load_the_pixels_again(photos):
     model = tiny_model()
     processor = MultiModalProcessor.from_config(model.config, None)
     pixels = photo_pixels(photos, processor)
@@ -57,25 +59,29 @@ def test_cached_backbone_outputs_never_load_the_pixels_again(photos):
         calls.append(1)
         return pixels
 
-    built = stem_outputs(load, key, model, processor, 0, num_photos=len(photos))
+    built = cached_frozen_features(load, key, model, processor, num_photos=len(photos))
     assert calls == [1]  # a cache miss loads the pixels once
-    expected = model.image_encoder.stem(processor.normalize(pixels.tensor()), 0)
+    expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()))
     torch.testing.assert_close(built.float(), expected, atol=1e-2, rtol=1e-2)  # stored in float16
 
     def must_not_load():
         raise AssertionError("the pixels were loaded although the outputs are cached")
 
-    assert torch.equal(stem_outputs(must_not_load, key, model, processor, 0, num_photos=len(photos)), built)
-    assert torch.equal(stem_outputs(pixels, key, model, processor, 0), built)  # a tensor finds the same cache
+    assert torch.equal(cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)), built)
+    assert torch.equal(cached_frozen_features(pixels, key, model, processor), built)  # a tensor finds the same cache
     with pytest.raises(TypeError, match="num_photos"):
-        stem_outputs(load, key, model, processor, 0)
+        cached_frozen_features(load, key, model, processor)
 
     # Other backbone weights are another cache entry: the outputs are computed again.
     other = tiny_model()
     with torch.no_grad():
         other.image_encoder.backbone.conv_stem.weight.mul_(2)
-    rebuilt = stem_outputs(load, key, other, processor, 0, num_photos=len(photos))
+    rebuilt = cached_frozen_features(load, key, other, processor, num_photos=len(photos))
     assert calls == [1, 1] and not torch.equal(rebuilt, built)
+    # So is another frozen part: with the last block trainable, the map entering it is cached.
+    model.freeze_backbone(1)
+    partial = cached_frozen_features(load, key, model, processor, num_photos=len(photos))
+    assert calls == [1, 1, 1] and partial.dim() == 4 and len(partial) == len(photos)
 
 
 def test_mirror_images_outputs_are_cached_apart(photos):
@@ -83,15 +89,16 @@ def test_mirror_images_outputs_are_cached_apart(photos):
     processor = MultiModalProcessor.from_config(model.config, None)
     pixels = photo_pixels(photos, processor)
     key = photos_key(photos) + "32-mirror-test"
-    plain = stem_outputs(pixels, key, model, processor, 0)
-    mirrored = stem_outputs(pixels, key, model, processor, 0, mirror=True)
-    expected = model.image_encoder.stem(processor.normalize(pixels.tensor()).flip(-1), 0)
+    plain = cached_frozen_features(pixels, key, model, processor)
+    mirrored = cached_frozen_features(pixels, key, model, processor, mirror=True)
+    expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()).flip(-1))
     torch.testing.assert_close(mirrored.float(), expected, atol=1e-2, rtol=1e-2)
     assert not torch.equal(plain, mirrored)
 
     def must_not_load():
         raise AssertionError("the pixels were loaded although the outputs are cached")
 
-    assert torch.equal(stem_outputs(must_not_load, key, model, processor, 0, num_photos=len(photos), mirror=True),
-                       mirrored)
-    assert torch.equal(stem_outputs(must_not_load, key, model, processor, 0, num_photos=len(photos)), plain)
+    assert torch.equal(
+        cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos), mirror=True), mirrored
+    )
+    assert torch.equal(cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)), plain)

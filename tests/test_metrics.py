@@ -1,13 +1,21 @@
 import numpy as np
 import pytest
 from sklearn.metrics import (
-    accuracy_score, average_precision_score, f1_score, hamming_loss, precision_score, recall_score, roc_auc_score,
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    hamming_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
 )
 
 from mm_classifier.metrics import compute_metrics, load_metric
 
 Y = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
-P = np.array([[0.9, 0.2, 0.6, 0.1], [0.3, 0.7, 0.4, 0.2], [0.6, 0.4, 0.2, 0.3], [0.2, 0.1, 0.8, 0.6], [0.4, 0.3, 0.1, 0.1]])
+P = np.array(
+    [[0.9, 0.2, 0.6, 0.1], [0.3, 0.7, 0.4, 0.2], [0.6, 0.4, 0.2, 0.3], [0.2, 0.1, 0.8, 0.6], [0.4, 0.3, 0.1, 0.1]]
+)
 
 
 def test_threshold_metrics_equal_sklearn_and_constant_column_is_undefined():

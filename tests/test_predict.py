@@ -1,32 +1,58 @@
+"""The prediction API (Predictor) and the prediction CLI, on the tiny trained model."""
+
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import AutoModel
 
-from mm_classifier import MMClassifierError, Predictor
+from mm_classifier import MMClassifierError, MultiModalProcessor, Predictor
 from mm_classifier.predict import main as predict_cli
 
+RUN_RECORDS = ("all_results.json", "training_args.json", "README.md", "*.png")  # about the run, not the model
 
 
-def test_model_folder_holds_everything_needed_to_predict(tiny_model):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "all_results.json",
-                 "README.md", "learning_curves.png"):
-        assert (tiny_model / name).is_file(), name
+def test_model_folder_holds_everything_needed_to_predict(tiny_model, predictor, photo, tmp_path):
+    # Moved elsewhere without the run's records, the folder still gives the very same predictions.
+    alone = shutil.copytree(tiny_model, tmp_path / "moved", ignore=shutil.ignore_patterns(*RUN_RECORDS))
+    caption = "a man and a dog on the grass"
+    assert Predictor.from_pretrained(alone).predict(photo, caption) == predictor.predict(photo, caption)
     config = json.loads((tiny_model / "config.json").read_text())
-    assert len(config["thresholds"]) == len(config["id2label"]) and config["concept_words"]
+    assert len(config["thresholds"]) == len(config["id2label"])
+    assert sorted(config["concept_words"]) == sorted(predictor.concepts)
+    assert all(concept in words for concept, words in config["concept_words"].items())
+    # The run's records: the model card quotes the test scores and names every concept.
+    results = json.loads((tiny_model / "all_results.json").read_text())
+    card = (tiny_model / "README.md").read_text()
+    assert f"{results['test_micro_f1']:.3f}" in card and f"{results['test_mAP']:.3f}" in card
+    assert all(f"`{concept}`" in card for concept in predictor.concepts)
+    with Image.open(tiny_model / "learning_curves.png") as curves:
+        assert curves.format == "PNG"
+        curves.verify()
 
 
-def test_predictions_for_photo_caption_and_both(predictor, photo):
-    both, = predictor.predict(photo, "a man and a dog on the grass")
+def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
+    caption = "a man and a dog on the grass"
+    both, = predictor.predict(photo, caption)
     photo_only, = predictor.predict(photo)
-    caption_only, = predictor.predict(None, "a man and a dog on the grass")
-    for prediction in (both, photo_only, caption_only):
+    caption_only, = predictor.predict(None, caption)
+    # The probabilities are the sigmoid of the logits of the model and processor loaded the transformers way.
+    model = AutoModel.from_pretrained(tiny_model).eval()
+    processor = MultiModalProcessor.from_pretrained(tiny_model)
+    thresholds = dict(zip(predictor.concepts, predictor.model.config.thresholds, strict=True))
+    for prediction, inputs in ((both, {"images": photo, "text": caption}), (photo_only, {"images": photo}),
+                               (caption_only, {"text": caption})):
         assert list(prediction.probabilities) == predictor.concepts
-        assert all(0 <= p <= 1 for p in prediction.probabilities.values())
-        thresholds = dict(zip(predictor.concepts, predictor.model.config.thresholds))
+        with torch.no_grad():
+            expected = torch.sigmoid(model(**processor(**inputs)).logits)[0]
+        assert list(prediction.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-5)
         assert set(prediction.predicted) == {c for c, p in prediction.probabilities.items() if p >= thresholds[c]}
-    assert predictor.predict(photo, "x", thresholds=0.0)[0].predicted.__len__() == len(predictor.concepts)
+    # Each input counts: the photo alone, the caption alone and both give three different answers.
+    assert both.probabilities != photo_only.probabilities != caption_only.probabilities != both.probabilities
+    assert len(predictor.predict(photo, "x", thresholds=0.0)[0].predicted) == len(predictor.concepts)
     assert predictor.predict(photo, "x", thresholds=1.0 + 1e-9)[0].predicted == []
 
 
@@ -60,6 +86,12 @@ def test_cli_good_and_bad_photos(tiny_model, photo, tmp_path, capsys):
     records = json.loads(out_json.read_text())
     assert len(records) == 1 and records[0]["caption"] == "a dog"
     assert set(records[0]) == {"image", "caption", "probabilities", "predicted"}
-    assert (tmp_path / "plots" / "scene_00000.png").stat().st_size > 0
+    expected, = Predictor.from_pretrained(tiny_model).predict(photo, "a dog")
+    assert records[0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    assert records[0]["predicted"] == expected.predicted
+    # One figure per photo that could be read.
+    assert [path.name for path in (tmp_path / "plots").iterdir()] == ["scene_00000.png"]
+    with Image.open(tmp_path / "plots" / "scene_00000.png") as figure:
+        assert figure.format == "PNG" and figure.width > figure.height  # the photo beside the bar chart
     assert predict_cli(["--model", str(tmp_path / "nothing"), photo]) == 2
     assert "No model at" in capsys.readouterr().err

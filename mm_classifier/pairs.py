@@ -1,0 +1,220 @@
+"""(photo, caption) pair tables for training, multi-hot targets, and the collator that turns rows into model inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+from .data import load_flickr8k, to_pairs
+from .errors import MMClassifierError
+from .processing import MultiModalProcessor
+from .tokenization import build_tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+def multi_hot(label_lists, num_concepts: int) -> np.ndarray:
+    """Concept-index lists (a pair column ``labels``) -> (N, C) 0/1 int8 targets."""
+    targets = np.zeros((len(label_lists), num_concepts), dtype=np.int8)
+    for row, labels in enumerate(label_lists):
+        targets[row, labels] = 1
+    return targets
+
+
+class PairTable(torch.utils.data.Dataset):
+    """Training or evaluation rows as tensors: which photo (its row in the split), caption tokens, labels.
+
+    Args:
+        photo_index: (N,) the row of each pair's photo in its split's photo table.
+        input_ids, attention_mask: (N, T) caption tokens.
+        labels: (N, C) float targets (0/1, or a photo's mean over its pairs, see :func:`photo_rows`).
+    """
+
+    def __init__(self, photo_index, input_ids, attention_mask, labels):
+        self.photo_index, self.input_ids, self.attention_mask, self.labels = photo_index, input_ids, attention_mask, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {
+            "row": i,  # for tables computed once per pair (a frozen text encoder's caption embeddings)
+            "photo_index": self.photo_index[i],
+            "input_ids": self.input_ids[i],
+            "attention_mask": self.attention_mask[i],
+            "labels": self.labels[i],
+        }
+
+
+@dataclass
+class Split:
+    """One split of the data: its photo rows (``datasets``) and its pairs as tensors."""
+
+    photos: datasets.Dataset
+    pairs: PairTable
+
+
+def pair_tables(photos: datasets.DatasetDict, pairs: datasets.DatasetDict, processor: MultiModalProcessor) -> dict[str, Split]:
+    """Photo rows and labelled pair rows (from ``data.to_pairs``) -> a :class:`Split` per split."""
+    num_concepts = len(pairs["train"].features["labels"].feature.names)
+    splits = {}
+    for split in SPLITS:
+        photo_position = {name: i for i, name in enumerate(list(photos[split]["image_id"]))}
+        table = pairs[split].select_columns(["image_id", "caption", "labels"]).to_dict()
+        encoded = processor.tokenize(table["caption"])  # (N, T), T = longest caption of the split
+        splits[split] = Split(photos[split], PairTable(
+            torch.tensor([photo_position[i] for i in table["image_id"]]),
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            torch.from_numpy(multi_hot(table["labels"], num_concepts)).float(),
+        ))
+    return splits
+
+
+def hold_out_validation(
+    photos: datasets.DatasetDict, pairs: datasets.DatasetDict, seed: int, fraction: float = 1 / 7
+) -> tuple[datasets.DatasetDict, datasets.DatasetDict]:
+    """For copies whose test photos are withheld: the validation split becomes the test split, and a seeded
+    ``fraction`` of the training photos the validation split (still split by photo)."""
+    names = sorted(photos["train"]["image_id"])
+    held_out = set(np.random.default_rng(seed).permutation(names)[: max(1, round(fraction * len(names)))].tolist())
+
+    def resplit(table: datasets.DatasetDict) -> datasets.DatasetDict:
+        in_held_out = [i in held_out for i in table["train"]["image_id"]]
+        return datasets.DatasetDict({
+            "train": table["train"].select([r for r, h in enumerate(in_held_out) if not h]),
+            "validation": table["train"].select([r for r, h in enumerate(in_held_out) if h]),
+            "test": table["validation"],
+        })
+
+    return resplit(photos), resplit(pairs)
+
+
+def photo_rows(pairs: PairTable, num_photos: int) -> PairTable:
+    """One row per photo with the mean of its pairs' labels, and no caption.
+
+    An image-only model gives all pairs of a photo the same logits, and BCE is linear in the target, so
+    training on (photo, mean label) is the same objective as training on its pairs, at a fraction of the cost.
+    """
+    counts = torch.zeros(num_photos).index_add_(0, pairs.photo_index, torch.ones(len(pairs)))
+    keep = counts > 0
+    sums = torch.zeros(num_photos, pairs.labels.shape[1]).index_add_(0, pairs.photo_index, pairs.labels)
+    index = torch.arange(num_photos)[keep]
+    empty = torch.zeros(len(index), pairs.input_ids.shape[1], dtype=torch.long)
+    return PairTable(index, empty, empty, sums[keep] / counts[keep, None])
+
+
+class PhotoInput(enum.Enum):
+    """What a split's photo table holds, one row per photo, and so which model input it feeds."""
+
+    PIXELS = "pixel_values"  # resized uint8 pixels: the backbone runs (partly) trainable on them
+    FROZEN_FEATURES = "frozen_features"  # cached output of the backbone's frozen part
+    IMAGE_EMBEDS = "image_embeds"  # a frozen image encoder's embeddings, computed once per photo
+
+
+@dataclass
+class SplitInputs:
+    """What a split's batches read besides the pair rows, computed once per stage.
+
+    Attributes:
+        photos: one row per photo, of the kind ``photo_input`` names (a tensor or a ``features.PhotoTable``).
+        mirrored: the same for the photos' mirror images (cached frozen features with mirror averaging).
+        text_embeds: (N, Dt) a frozen text encoder's embedding of each pair's caption.
+    """
+
+    photo_input: PhotoInput | None = None
+    photos: object | None = None
+    mirrored: object | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+class PairCollator:
+    """Batch of :class:`PairTable` rows (already on the device) -> the model's keyword arguments.
+
+    It runs inside the training loop, after the loop seeds the step's random draws (view choice, flips), so a
+    resumed run makes the same draws as an uninterrupted one; a DataLoader ``collate_fn`` would draw them
+    before that seeding.
+    """
+
+    def __init__(self, processor: MultiModalProcessor, inputs: SplitInputs, uses_image: bool, uses_text: bool):
+        self.processor, self.inputs, self.uses_image, self.uses_text = processor, inputs, uses_image, uses_text
+
+    def __call__(self, batch: dict, training: bool) -> dict:
+        model_inputs = {"labels": batch["labels"]}
+        if self.uses_image:
+            model_inputs.update(self._photos(batch["photo_index"].cpu(), batch["labels"].device, training))
+        if self.uses_text and self.inputs.text_embeds is not None:
+            model_inputs["text_embeds"] = self.inputs.text_embeds[batch["row"].cpu()].to(batch["labels"].device)
+        elif self.uses_text:
+            length = max(1, int(batch["attention_mask"].sum(1).max()))  # trim the padding the batch shares
+            model_inputs["input_ids"] = batch["input_ids"][:, :length]
+            model_inputs["attention_mask"] = batch["attention_mask"][:, :length]
+        return model_inputs
+
+    def _photos(self, index: torch.Tensor, device, training: bool) -> dict:
+        kind, photos = self.inputs.photo_input, self.inputs.photos[index].to(device)
+        mirrored = self.inputs.mirrored[index].to(device) if self.inputs.mirrored is not None else None
+        if kind is PhotoInput.PIXELS:
+            pixels = self.processor.normalize(photos)  # (B, 3, S, S)
+            if training:  # horizontal flips: no concept depends on left and right
+                flip = torch.rand(len(pixels), device=pixels.device) < 0.5
+                pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+            return {"pixel_values": pixels.contiguous(memory_format=torch.channels_last)}
+        if mirrored is not None and not training:  # the model averages the two views' embeddings
+            return {"frozen_features": photos.float(), "mirrored_frozen_features": mirrored.float()}
+        if mirrored is not None:  # training: either view at random
+            pick = torch.rand(len(index)) < 0.5
+            photos = torch.where(pick.view(-1, *[1] * (photos.dim() - 1)).to(photos.device), mirrored, photos)
+        return {kind.value: photos.float()}
+
+
+@dataclass
+class TrainingData:
+    """Everything the stages of a training run share: the splits, the concepts and the tokenizer.
+
+    ``report_split`` names, as ``data.load_flickr8k`` calls it, the split that the run's test split is:
+    ``"validation"`` when the source withholds its test photos (see :func:`hold_out_validation`).
+    """
+
+    splits: dict[str, Split]
+    concepts: list[str]
+    tokenizer: object
+    lexicon: dict
+    report_split: str = "test"
+    held_out_photos: int = 0
+
+
+def load_training_data(
+    dataset: str, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
+    max_train_samples: int | None = None, main_process_first=contextlib.nullcontext,
+) -> TrainingData:
+    """Load a data set, label its pairs leave-one-out, build the tokenizer on the training captions.
+
+    Args:
+        main_process_first: a context manager (Accelerate's ``main_process_first``) around the cached
+            ``datasets`` work, so that other processes reuse the main process's cache files.
+    """
+    with main_process_first():
+        photos = load_flickr8k(dataset, seed=split_seed)
+        if max_train_samples:
+            photos["train"] = photos["train"].select(range(min(max_train_samples, len(photos["train"]))))
+        pairs = to_pairs(photos, min_votes=min_votes, num_concepts=num_concepts, lexicon=lexicon)
+    report_split, held_out = "test", 0
+    if len(photos["test"]) == 0 and len(photos["validation"]) > 0:
+        photos, pairs = hold_out_validation(photos, pairs, split_seed)
+        report_split, held_out = "validation", len(photos["validation"])
+    for split in SPLITS:
+        if len(photos[split]) == 0:
+            raise MMClassifierError(f"The {split} split of {dataset} is empty; it needs photos to train and evaluate.")
+    # The sample's vocabulary is tiny and complete; on real captions, words seen once are mostly noise.
+    tokenizer = build_tokenizer(list(pairs["train"]["caption"]), min_frequency=1 if dataset == "sample" else 2)
+    return TrainingData(
+        splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer)),
+        concepts=pairs["train"].features["labels"].feature.names,
+        tokenizer=tokenizer, lexicon=lexicon, report_split=report_split, held_out_photos=held_out,
+    )

@@ -1,0 +1,236 @@
+"""The pieces ``train.py`` tells a training stage with: inputs computed once, epochs, validation, checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import MMClassifierError
+from .features import cached_frozen_features, photo_pixels, photos_key
+from .metrics import compute_metrics
+from .pairs import PairCollator, PhotoInput, Split, SplitInputs
+from .thresholds import select_threshold_shrinkage, tune_thresholds
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides model, optimizer, scheduler and RNG (which Accelerate saves).
+
+    One object serves every stage of a run (registered once with ``register_for_checkpointing``);
+    :meth:`reset` starts a stage.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def reset(self) -> None:
+        self.__dict__.update(TrainState().__dict__)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def end_epoch(self, record: dict, model: torch.nn.Module) -> None:
+        """Log the epoch and keep the weights of the best one so far, by validation mAP (which, unlike F1,
+        does not depend on the thresholds tuned only afterwards)."""
+        self.history.append(record)
+        if record["validation_mAP"] > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = record["validation_mAP"], self.epoch + 1, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        self.epoch += 1
+        self.step_in_epoch = 0
+
+
+def _checkpoints(stage_dir: Path) -> list[Path]:
+    return sorted((stage_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator, stage_dir: Path, state: TrainState, keep: int = 2) -> None:
+    """The full training state at this step, into ``stage_dir/checkpoints/step_N``; older ones beyond ``keep`` go."""
+    # Pickled weights, not safetensors: on a GPU, cuDNN flattens the LSTM's weights into one shared buffer,
+    # and safetensors refuses to load tensors that share storage.
+    accelerator.save_state(str(stage_dir / "checkpoints" / f"step_{state.global_step}"), safe_serialization=False)
+    if accelerator.is_main_process:
+        for old in _checkpoints(stage_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resume(accelerator, stage_dir: Path, checkpoint: str | None) -> Path | None:
+    """Load ``checkpoint`` (a folder, or ``"latest"`` of this stage's) into the prepared objects; None: none."""
+    if checkpoint == "latest":
+        found = _checkpoints(stage_dir)
+        path = found[-1] if found else None
+    elif checkpoint:
+        path = Path(checkpoint)
+        if not path.is_dir():
+            raise MMClassifierError(f"--resume-from-checkpoint {path} is not a folder.")
+    else:
+        path = None
+    if path is not None:
+        accelerator.load_state(str(path))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+@torch.no_grad()
+def frozen_embeds(encoder, encode, inputs: list, device, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) embeddings of a frozen encoder: ``encode`` on batches of the ``inputs`` tables (row-aligned)."""
+    encoder.to(device)
+    was_training = encoder.training
+    encoder.eval()  # a frozen encoder already is; its embedding must not depend on dropout draws
+    try:
+        return torch.cat([
+            encode(*(t[s : s + batch_size].to(device) for t in inputs)).cpu() for s in range(0, len(inputs[0]), batch_size)
+        ])
+    finally:
+        encoder.train(was_training)
+
+
+def split_inputs(model, processor, split: Split, photo_input: PhotoInput | None, device, num_proc: int | None) -> SplitInputs:
+    """What a split's batches read, computed once per stage: the photos' pixels, their cached frozen features
+    (and their mirror images'), or a frozen image encoder's embeddings; a frozen text encoder's caption embeddings.
+
+    Call it inside Accelerate's ``main_process_first`` so that other processes reuse the caches.
+    """
+    inputs = SplitInputs(photo_input=photo_input)
+    if photo_input is not None:
+        inputs.photos, inputs.mirrored = _photo_tables(model, processor, split.photos, photo_input, device, num_proc)
+    if "text" in model.frozen_encoders:
+        pairs = split.pairs
+        inputs.text_embeds = frozen_embeds(model.text_encoder, model.encode_text, [pairs.input_ids, pairs.attention_mask], device)
+    return inputs
+
+
+def _photo_tables(model, processor, photos, photo_input: PhotoInput, device, num_proc):
+    """(photos, mirrored) tables of one split for ``photo_input``; mirrored is None without mirror averaging."""
+
+    @functools.cache  # both views' caches may miss: the pixels are then opened once
+    def load_pixels():
+        return photo_pixels(photos, processor, num_proc=num_proc)
+
+    if photo_input is PhotoInput.PIXELS:
+        return load_pixels(), None
+    key = photos_key(photos) + str(model.config.image_size)
+    mirrors = (False, True) if model.config.image_mirror_average else (False,)
+    # The pixels are loaded only if the backbone's outputs are not cached yet.
+    views = [
+        cached_frozen_features(load_pixels, key, model, processor, device=device, num_photos=len(photos), mirror=mirror)
+        for mirror in mirrors
+    ]
+    if photo_input is PhotoInput.IMAGE_EMBEDS:  # each photo's embedding, the mean over its views as at prediction
+
+        def embed(plain, mirrored=None):
+            return model.encode_image(frozen_features=plain.float(),
+                                      mirrored_frozen_features=None if mirrored is None else mirrored.float())
+
+        return frozen_embeds(model.image_encoder, embed, views, device), None
+    return views[0], views[1] if len(views) > 1 else None
+
+
+# --------------------------------------------------------------------------------------------- loops
+
+
+def train_epoch(model, dataloader, collate: PairCollator, optimizer, scheduler, accelerator, state: TrainState, *,
+                seed: int, desc: str, checkpointing_steps: int | None = None, stage_dir: Path | None = None) -> float:
+    """One epoch (or what is left of it after a resume); returns the mean training loss over all processes."""
+    started = time.perf_counter()
+    model.train()
+    dataloader.set_epoch(state.epoch)
+    # Resume mid-epoch: the epoch's shuffled order is reproduced from the seed, and its first batches skipped.
+    batches = accelerator.skip_first_batches(dataloader, state.step_in_epoch) if state.step_in_epoch else dataloader
+    losses = []
+    for batch in tqdm(batches, desc=desc, leave=False, disable=not accelerator.is_local_main_process,
+                      initial=state.step_in_epoch, total=len(dataloader)):
+        # Dropout, modality dropout and flips draw from a generator seeded by the step, so a resumed run makes
+        # the same draws as an uninterrupted one.
+        torch.manual_seed(seed * 1_000_003 + state.global_step * 101 + accelerator.process_index)
+        with accelerator.accumulate(model):
+            output = model(**collate(batch, training=True))
+            accelerator.backward(output.loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        losses.append(output.loss.detach().float().item())
+        state.step_in_epoch += 1
+        if accelerator.sync_gradients:
+            state.global_step += 1
+            if checkpointing_steps and state.global_step % checkpointing_steps == 0:
+                state.train_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_checkpoint(accelerator, stage_dir, state)
+    state.train_seconds += time.perf_counter() - started
+    mean = torch.tensor([np.mean(losses) if losses else 0.0], device=accelerator.device)
+    return float(accelerator.gather(mean).mean())
+
+
+@torch.no_grad()
+def predict(model, dataloader, collate: PairCollator, accelerator, desc: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(N, C) probabilities, (N, C) labels and the mean loss over a (sharded) split, gathered across processes."""
+    model.eval()
+    probabilities, labels, losses = [], [], []
+    for batch in tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+        output = model(**collate(batch, training=False))
+        probs, targets = accelerator.gather_for_metrics((torch.sigmoid(output.logits.float()), batch["labels"]))
+        loss = accelerator.gather_for_metrics(output.loss.detach().float().repeat(len(batch["labels"])))
+        probabilities.append(probs.cpu())
+        labels.append(targets.cpu())
+        losses.append(loss.cpu())
+    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), float(torch.cat(losses).mean())
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+def summary(metrics: dict) -> dict:
+    """The scalar metrics (no per-concept tables)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, concepts: list[str]) -> dict:
+    """Tune the model's thresholds on validation predictions, then score validation and test with them.
+
+    Each concept's own threshold is pulled toward a shared one, as far as cross-validation over the validation
+    photos (``val_photos``: each pair's photo, so folds never split a photo) says it generalises.
+
+    Args:
+        val, test: ``(probabilities, labels)`` of each split.
+
+    Returns:
+        ``validation_*`` and ``test_*`` scalar metrics and the threshold choice; ``model.config.thresholds`` is set.
+    """
+    (val_probs, val_labels), (test_probs, test_labels) = val, test
+    if len(val_photos) != len(val_labels):
+        raise RuntimeError(f"{len(val_labels)} validation predictions for {len(val_photos)} pairs")
+    shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_labels, groups=val_photos)
+    thresholds = model.config.thresholds = tune_thresholds(val_probs, val_labels, shrinkage=shrinkage)
+    return {
+        **{f"validation_{k}": v for k, v in summary(compute_metrics(val_probs, val_labels, thresholds)).items()},
+        **{f"test_{k}": v for k, v in summary(compute_metrics(test_probs, test_labels, thresholds, concepts)).items()},
+        "threshold_shrinkage": shrinkage if math.isfinite(shrinkage) else "shared",
+        # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
+        "threshold_shrinkage_cv_micro_f1": {str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()},
+    }
