@@ -8,11 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,18 +18,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from transformers import get_scheduler
 
 from mm_classifier import CONCEPT_LEXICON, MMClassifierError, MultiModalClassifier, MultiModalConfig, MultiModalProcessor
 from mm_classifier.data import check_source
 from mm_classifier.evaluation import write_pipeline_report
+from mm_classifier.fusion import FUSION_TYPES
 from mm_classifier.hub import check_hub_access, check_pretrained_download, push_folder
 from mm_classifier.labels import load_concept_file
 from mm_classifier.metrics import compute_metrics
-from mm_classifier.modelcard import write_model_card
 from mm_classifier.pairs import SPLITS, PairCollator, PhotoInput, load_training_data, photo_rows
-from mm_classifier.plots import plot_learning_curves
-from mm_classifier.training import TrainState, predict, resume, split_inputs, train_epoch, tune_and_score
+from mm_classifier.training import (
+    TrainState, dataloaders, describe_training, optimizer_and_schedule, predict, resume, save_stage, split_inputs,
+    train_epoch, tune_and_score,
+)
 
 STAGES = ("image", "text", "fusion")
 SAMPLE_BACKBONE = "test_efficientnet"
@@ -52,52 +51,38 @@ def at_least(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """train.py's options; docs/training.md explains each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="sample", help="folder (Kaggle or original layout), hub id, or 'sample'")
-    data.add_argument("--concepts", type=Path, help="JSON concept file (concept -> list of words); default: built-in")
+    data.add_argument("--dataset", default="sample", help="a Flickr8k folder, a hub id, or 'sample' (default)")
+    data.add_argument("--concepts", type=Path, help="JSON concept file (concept -> words); default: built-in")
     data.add_argument("--num-concepts", type=at_least(1), default=20, help="how many of the most frequent concepts")
-    data.add_argument("--min-votes", type=at_least(1), default=2, help="captions (of the other four) naming a concept")
-    data.add_argument("--seed", type=int, default=0,
-                      help="seeds training, and the split (when the data has no lists) unless --split-seed is given")
-    data.add_argument("--split-seed", type=int,
-                      help="seeds only the split (default: --seed): vary --seed alone to retrain on the same split")
+    data.add_argument("--min-votes", type=at_least(1), default=2, help="other captions that must name a concept")
+    data.add_argument("--seed", type=int, default=0, help="seeds training, and the split unless --split-seed")
+    data.add_argument("--split-seed", type=int, help="seeds the split only (default: --seed)")
 
     model = p.add_argument_group("model")
-    model.add_argument("--modality", choices=STAGES, help="train only this model, into --output-dir (default: all three)")
-    model.add_argument("--backbone", help="timm model name (default: mobilenetv2_100; the sample: test_efficientnet)")
-    model.add_argument("--backbone-pad-type", default=None, help="timm pad_type, e.g. 'same' for TensorFlow weights")
-    model.add_argument("--image-feature-blocks", type=int, nargs="+", metavar="BLOCK",
-                       help="photo features: pooled outputs of these backbone blocks (e.g. 5 6), concatenated, "
-                            "instead of the pooled head output (default)")
-    model.add_argument("--image-local-projection", action="store_true",
-                       help="project the photo's feature map at every position, then average (default: project "
-                            "the averaged features); the feature cache then holds maps")
-    model.add_argument("--image-size", type=at_least(16), help="input side in pixels (default: 64 for the sample, else 224)")
+    model.add_argument("--modality", choices=STAGES, help="train only this model (default: all three)")
+    model.add_argument("--backbone", help="timm model (default: mobilenetv2_100; the sample: test_efficientnet)")
+    model.add_argument("--backbone-pad-type", help="timm pad_type, e.g. 'same' for TensorFlow weights")
+    model.add_argument("--backbone-weights", type=Path, help="local safetensors backbone weights (implies --pretrained)")
+    on_off = argparse.BooleanOptionalAction
+    model.add_argument("--pretrained", action=on_off, help="pretrained backbone (default: on, off for the sample)")
+    model.add_argument("--trainable-blocks", type=at_least(0), help="pretrained: train the last N blocks (default 0)")
+    model.add_argument("--image-feature-blocks", type=int, nargs="+", metavar="BLOCK", help="pool these blocks' maps")
+    model.add_argument("--image-local-projection", action="store_true", help="project each position, then average")
+    model.add_argument("--image-size", type=at_least(16), help="input side in pixels (default: 224; the sample: 64)")
     model.add_argument("--image-mean", type=float, nargs=3, help="normalisation mean (default: ImageNet's)")
     model.add_argument("--image-std", type=float, nargs=3, help="normalisation std (default: ImageNet's)")
-    model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                       help="start from pretrained backbone weights (default: on for real data, off for the sample)")
-    model.add_argument("--backbone-weights", type=Path, help="local safetensors backbone weights (implies --pretrained)")
-    model.add_argument("--trainable-blocks", type=at_least(0), default=None,
-                       help="with pretrained weights: train the backbone's last N blocks and head convolution, "
-                            "0 = frozen (default: 0); from scratch the whole backbone trains")
-    model.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
-                       help="compute the frozen backbone part once and train on its cached outputs (default: on)")
-    model.add_argument("--mirror-photos", action=argparse.BooleanOptionalAction, default=True,
-                       help="use each photo's mirror image too: on cached features training draws either view, and "
-                            "evaluation and prediction average the two views' image embeddings (default: on)")
-    model.add_argument("--fusion-type", default="concat", help="fusion: how photo and caption embeddings combine: "
-                       "concat (concatenation + MLP, default) or gated (a learned per-dimension gate)")
+    model.add_argument("--cache-features", action=on_off, default=True, help="cache the frozen backbone's outputs")
+    model.add_argument("--mirror-photos", action=on_off, default=True, help="train on and average mirror images too")
+    model.add_argument("--fusion-type", choices=sorted(FUSION_TYPES), default="concat", help="how the fusion combines")
+    model.add_argument("--fusion-encoders", choices=["frozen", "trainable"], default="frozen")
     model.add_argument("--modality-dropout", type=float, default=0.25, help="fusion: chance to hide photo or caption")
-    model.add_argument("--fusion-encoders", choices=["frozen", "trainable"], default="frozen",
-                       help="fusion: keep the encoders of the image and text models fixed and train only the fusion "
-                            "layers (default), or fine-tune them too")
     model.add_argument("--dropout", type=float, default=0.3)
 
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=at_least(1),
-                       help="maximum epochs per model (default: 15; the sample: 40 image, 8 text, 8 fusion)")
+    train.add_argument("--epochs", type=at_least(1), help="per model (default: 15; the sample: 40, 8, 8)")
     train.add_argument("--batch-size", type=at_least(1), default=64, help="per process")
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.01)
@@ -108,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("runtime")
     run.add_argument("--output-dir", type=Path, default=Path("outputs"))
     run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    run.add_argument("--checkpointing-steps", type=int, help="save the full training state every N optimizer steps")
+    run.add_argument("--checkpointing-steps", type=int, help="save the training state every N optimizer steps")
     run.add_argument("--resume-from-checkpoint", help="'latest' or a checkpoint folder")
     run.add_argument("--report-to", choices=["none", "tensorboard"], default="none")
-    run.add_argument("--push-to-hub", action="store_true", help="upload each trained model (needs internet, a token)")
-    run.add_argument("--hub-model-id", help="hub repo for --push-to-hub (a -image/-text suffix per stage)")
+    run.add_argument("--push-to-hub", action="store_true", help="upload each model (needs internet and a token)")
+    run.add_argument("--hub-model-id", help="hub repo for --push-to-hub (-image/-text suffix per stage)")
     run.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     run.add_argument("--preprocessing-num-proc", type=int, default=min(2, os.cpu_count() or 1))
-    run.add_argument("--skip-report", action="store_true", help="do not write outputs/report.md")
+    run.add_argument("--skip-report", action="store_true", help="do not write the comparison report.md")
     return p
 
 
@@ -138,7 +123,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.backbone = args.backbone or (SAMPLE_BACKBONE if sample and not args.pretrained else "mobilenetv2_100")
     args.stage_epochs = {stage: args.epochs or (SAMPLE_EPOCHS[stage] if sample else 15) for stage in STAGES}
     args.epochs = args.epochs or max(args.stage_epochs.values())
-    for stage in STAGES:  # the config checks its own fields (dropouts, fusion type, ...): now, not after loading
+    for stage in STAGES:  # the config checks its own fields (dropouts, sizes, ...): now, not after loading
         try:
             model_config(stage, args, concepts=["concept"], vocab_size=2, pad_token_id=0)
         except ValueError as err:
@@ -223,21 +208,11 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     train_rows = data.splits["train"].pairs
     if stage == "image":
         train_rows = photo_rows(train_rows, len(data.splits["train"].photos))
-    train_dl = torch.utils.data.DataLoader(
-        train_rows, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed),
-        num_workers=args.num_workers,
-        drop_last=len(train_rows) > args.batch_size,  # a batch of one breaks batch norm on a trainable backbone
-    )
-    val_dl, test_dl = (torch.utils.data.DataLoader(data.splits[s].pairs, batch_size=args.batch_size * 2)
-                       for s in ("validation", "test"))
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
-    )
+    train_dl, val_dl, test_dl = dataloaders(train_rows, data.splits["validation"].pairs, data.splits["test"].pairs,
+                                            args.batch_size, seed=args.seed, num_workers=args.num_workers)
     epochs = args.stage_epochs[stage]
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / args.gradient_accumulation_steps)
-    scheduler = get_scheduler(
-        "cosine", optimizer, num_warmup_steps=max(1, steps_per_epoch // 2), num_training_steps=steps_per_epoch * epochs
-    )
+    optimizer, scheduler = optimizer_and_schedule(model, args.learning_rate, args.weight_decay, steps_per_epoch, epochs)
     model, optimizer, train_dl, scheduler, val_dl, test_dl = accelerator.prepare(
         model, optimizer, train_dl, scheduler, val_dl, test_dl
     )
@@ -274,7 +249,10 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_stage(unwrapped, processor, stage_dir, results, state.history, args)
+        save_stage(unwrapped, processor, stage_dir, results, state.history, vars(args), args.dataset)
+        if args.push_to_hub:
+            suffix = "" if stage == "fusion" else f"-{stage}"
+            push_folder(stage_dir, args.hub_model_id + suffix)
     accelerator.print(
         f"[{stage}] test micro-F1 {results['test_micro_f1']:.3f}, macro-F1 {results['test_macro_f1']:.3f}, "
         f"mAP {results['test_mAP']:.3f} (best epoch {state.best_epoch}, {results['stage_seconds']:.0f} s) -> {stage_dir}"
@@ -284,37 +262,12 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     return unwrapped.cpu()
 
 
-def describe_training(model: MultiModalClassifier, photo_input: PhotoInput | None) -> str:
-    parts = []
-    if model.image_encoder is not None:
-        blocks, encoder = model.image_encoder.trainable_blocks, model.image_encoder
-        parts.append("backbone " + ("frozen" if blocks == 0 else "trainable" if blocks == encoder.num_stages
-                                    else f"last {blocks} blocks trainable"))
-    parts += [f"{name} encoder frozen" for name in sorted(model.frozen_encoders)]
-    if photo_input in (PhotoInput.FROZEN_FEATURES, PhotoInput.IMAGE_EMBEDS):
-        parts.append("cached features")
-    return ", ".join(parts) or "caption encoder trainable"
-
-
-def save_stage(model, processor, stage_dir: Path, results, history, args) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(stage_dir)
-    processor.save_pretrained(stage_dir)
-    (stage_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (stage_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
-    plot_learning_curves(history, stage_dir / "learning_curves.png")
-    write_model_card(stage_dir, model.config, results, dataset=args.dataset)
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the run finished; its checkpoints are spent
-    if args.push_to_hub:
-        suffix = "" if model.config.modality == "fusion" else f"-{model.config.modality}"
-        push_folder(stage_dir, args.hub_model_id + suffix)
-
-
 # --------------------------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: benchmarks/fusion_seeds.py replays it
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
         args = resolve_defaults(args)

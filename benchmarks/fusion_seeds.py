@@ -1,11 +1,11 @@
 """How far the fusion model's margin over the text-only model moves with the fusion stage's own training seed.
 
-    python benchmarks/fusion_seeds.py RUN_DIR [RUN_DIR ...] --seeds 10 11 12 [-- --fusion-dropout 0.5]
+    python benchmarks/fusion_seeds.py RUN_DIR [RUN_DIR ...] --seeds 10 11 12 [-- --fusion-type gated]
 
 Each RUN_DIR is the output folder of a finished three-stage `python train.py` run (image/, text/, fusion/). For
 each seed, the run's image-only and text-only models are copied into a new folder, and `train.py
 --resume-from-checkpoint latest` trains only the fusion stage again on them: with the run's own arguments (from
-its training_args.json), on the run's split (`--split-seed`), with `--seed` set to the new seed. The data, the
+its training_args.json, which records them as given), on the run's split (`--split-seed`), with `--seed` set to the new seed. The data, the
 split and both single-modality models stay the same; only the fusion stage's initialisation, dropout draws and
 batch order change. The run's own seed reproduces the run's fusion model. Arguments after `--` go to train.py
 after the run's own, so they override them (to compare a setting of the fusion stage on the same models).
@@ -23,32 +23,18 @@ from pathlib import Path
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
-# Arguments that say where and how to run, not what to train.
-NOT_COPIED = {"output_dir", "resume_from_checkpoint", "skip_report", "report_to", "push_to_hub", "hub_model_id",
-              "kill_after_checkpoint", "checkpointing_steps", "seed", "split_seed", "epochs", "modality"}
 
 
 def train_command(run_args: dict, seed: int, output_dir: Path) -> list[str]:
-    """A train.py command line that repeats the run's fusion stage with another training seed."""
-    import train
+    """A train.py command line that repeats the run's fusion stage with another training seed.
 
-    command = [sys.executable, "train.py", "--output-dir", str(output_dir), "--resume-from-checkpoint", "latest",
-               "--skip-report", "--seed", str(seed), "--split-seed", str(run_args.get("split_seed", run_args["seed"])),
-               "--epochs", str(run_args["stage_epochs"]["fusion"])]
-    for action in train.build_parser()._actions:
-        value = run_args.get(action.dest)
-        if action.dest in NOT_COPIED or value is None or not action.option_strings:
-            continue
-        flag = action.option_strings[0]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            command.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(action, argparse._StoreTrueAction):
-            command += [flag] if value else []
-        elif isinstance(value, list):
-            command += [flag, *map(str, value)]
-        else:
-            command += [flag, str(value)]
-    return command
+    The run's own arguments come first (train.py records them as ``argv``); the options after them win.
+    """
+    if "argv" not in run_args:
+        raise SystemExit("error: this run's training_args.json has no 'argv': train it again with today's train.py")
+    return [sys.executable, "train.py", *run_args["argv"], "--output-dir", str(output_dir),
+            "--resume-from-checkpoint", "latest", "--skip-report", "--seed", str(seed),
+            "--split-seed", str(run_args["split_seed"]), "--epochs", str(run_args["stage_epochs"]["fusion"])]
 
 
 def main():

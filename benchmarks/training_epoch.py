@@ -69,7 +69,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, load_flickr8k
-    from mm_classifier.features import photo_pixels, photos_key, stem_outputs
+    from mm_classifier.features import cached_frozen_features, photo_pixels, photos_key
 
     torch.manual_seed(0)
     photos = load_flickr8k(args.dataset)["train"]
@@ -99,12 +99,12 @@ def main():
     recompute_rate = len(pixels) * args.epochs / (time.perf_counter() - started)
 
     key = photos_key(photos) + str(args.image_size)
-    _, build_s = common.timed(stem_outputs, pixels, key, model, processor, 0, device=device)
-    cached = stem_outputs(pixels, key, model, processor, 0, device=device)  # read back from the Arrow cache
+    _, build_s = common.timed(cached_frozen_features, pixels, key, model, processor, device=device)
+    cached = cached_frozen_features(pixels, key, model, processor, device=device)  # read back from the Arrow cache
     cached = cached.to(device)
 
     def from_cache(index):
-        return {"stem_output": cached[index.to(device)].float()}
+        return {"frozen_features": cached[index.to(device)].float()}
 
     started = time.perf_counter()
     for _ in range(args.epochs):

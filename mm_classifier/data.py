@@ -413,8 +413,7 @@ def to_pairs(
     """Turn photo rows into (photo, one caption) rows labelled leave-one-out.
 
     Pair ``i`` of a photo reads caption ``i``; its ``labels`` are the concepts that at least ``min_votes`` of
-    the photo's *other* captions mention, so a caption never decides its own label. ``label_shares`` holds, per
-    concept, the share of those other captions that mention it (the soft targets of ``train.py --soft-targets``).
+    the photo's *other* captions mention, so a caption never decides its own label.
 
     Args:
         photos: photo rows from :func:`load_flickr8k` (a ``DatasetDict`` or one split).
@@ -423,7 +422,7 @@ def to_pairs(
         lexicon: concept -> words (default: the built-in lexicon; see ``labels.load_concept_file``).
 
     Returns:
-        The same kind of object with rows ``image_id``, ``image``, ``caption``, ``labels``, ``label_shares``, where
+        The same kind of object with rows ``image_id``, ``image``, ``caption``, ``labels``, where
         ``features["labels"]`` is ``Sequence(ClassLabel(names=concepts))``.
     """
     lexicon = validate_lexicon(dict(lexicon), "lexicon") if lexicon is not None else CONCEPT_LEXICON
@@ -434,21 +433,18 @@ def to_pairs(
             "image": datasets.Image(decode=False),
             "caption": datasets.Value("string"),
             "labels": datasets.Sequence(datasets.ClassLabel(names=concepts)),
-            "label_shares": datasets.Sequence(datasets.Value("float32")),
         }
     )
 
     def expand(batch):
-        out = {"image_id": [], "image": [], "caption": [], "labels": [], "label_shares": []}
+        out = {"image_id": [], "image": [], "caption": [], "labels": []}
         for image_id, image, captions in zip(batch["image_id"], batch["image"], batch["captions"]):
             votes = leave_one_out_votes(captions, concepts, lexicon)
-            others = max(1, len(captions) - 1)
-            for caption, labels, row in zip(captions, labels_from_votes(votes, min_votes), votes):
+            for caption, labels in zip(captions, labels_from_votes(votes, min_votes)):
                 out["image_id"].append(image_id)
                 out["image"].append(image)
                 out["caption"].append(caption)
                 out["labels"].append(labels)
-                out["label_shares"].append([v / others for v in row])
         return out
 
     def convert(split: datasets.Dataset) -> datasets.Dataset:

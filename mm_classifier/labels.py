@@ -16,7 +16,7 @@ from .errors import MMClassifierError
 # Visual nouns seen in Flickr8k captions, each with the words that name it (plurals and synonyms fold
 # into one concept). Deliberately absent: function words, verbs, colours, and nouns that name no visible
 # thing ("air", "front", "background", "picture", "side"). Ranked on real training captions, the 20 most
-# frequent of these form the default vocabulary (README, "Concepts").
+# frequent of these form the default vocabulary (`python -m mm_classifier.data` prints them).
 CONCEPT_LEXICON: dict[str, list[str]] = {
     "man": ["man", "men", "guy", "guys", "gentleman", "gentlemen"],
     "woman": ["woman", "women", "lady", "ladies"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import shutil
 import time
@@ -12,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from .errors import MMClassifierError
 from .features import cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
-from .pairs import PairCollator, PhotoInput, Split, SplitInputs
+from .modelcard import write_model_card
+from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs
+from .plots import plot_learning_curves
 from .thresholds import select_threshold_shrinkage, tune_thresholds
 
 
@@ -154,6 +158,27 @@ def _photo_tables(model, processor, photos, photo_input: PhotoInput, device, num
 # --------------------------------------------------------------------------------------------- loops
 
 
+def dataloaders(train: PairTable, validation: PairTable, test: PairTable, batch_size: int, *, seed: int,
+                num_workers: int = 0) -> tuple:
+    """Shuffled (seeded) training batches; validation and test batches twice as large, in order."""
+    train_dl = torch.utils.data.DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        drop_last=len(train) > batch_size,  # a batch of one breaks batch norm on a trainable backbone
+    )
+    return train_dl, *(torch.utils.data.DataLoader(pairs, batch_size=batch_size * 2) for pairs in (validation, test))
+
+
+def optimizer_and_schedule(model, learning_rate: float, weight_decay: float, steps_per_epoch: int, epochs: int):
+    """AdamW on the trainable parameters, with half an epoch of warm-up (at least one step) and cosine decay."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
+    )
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, steps_per_epoch // 2),
+                              num_training_steps=steps_per_epoch * epochs)
+    return optimizer, scheduler
+
+
 def train_epoch(model, dataloader, collate: PairCollator, optimizer, scheduler, accelerator, state: TrainState, *,
                 seed: int, desc: str, checkpointing_steps: int | None = None, stage_dir: Path | None = None) -> float:
     """One epoch (or what is left of it after a resume); returns the mean training loss over all processes."""
@@ -234,3 +259,29 @@ def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, conce
         # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
         "threshold_shrinkage_cv_micro_f1": {str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()},
     }
+
+
+def describe_training(model, photo_input: PhotoInput | None) -> str:
+    """What trains and what is frozen or cached, for the stage's first log line."""
+    parts = []
+    if model.image_encoder is not None:
+        blocks, encoder = model.image_encoder.trainable_blocks, model.image_encoder
+        parts.append("backbone " + ("frozen" if blocks == 0 else "trainable" if blocks == encoder.num_stages
+                                    else f"last {blocks} blocks trainable"))
+    parts += [f"{name} encoder frozen" for name in sorted(model.frozen_encoders)]
+    if photo_input in (PhotoInput.FROZEN_FEATURES, PhotoInput.IMAGE_EMBEDS):
+        parts.append("cached features")
+    return ", ".join(parts) or "caption encoder trainable"
+
+
+def save_stage(model, processor, stage_dir: Path, results: dict, history: list[dict], options: dict, dataset: str):
+    """The trained model's folder: model and processor, results, the options it was trained with, learning
+    curves and model card; the stage's checkpoints, spent now, are removed."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(stage_dir)
+    processor.save_pretrained(stage_dir)
+    (stage_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (stage_dir / "training_args.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
+    plot_learning_curves(history, stage_dir / "learning_curves.png")
+    write_model_card(stage_dir, model.config, results, dataset=dataset)
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)

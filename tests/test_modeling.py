@@ -1,7 +1,5 @@
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -103,17 +101,17 @@ def test_frozen_encoders_stay_fixed_and_in_inference_mode_while_the_fusion_layer
         MultiModalClassifier(tiny_config(modality="image")).freeze_encoders(text=True)
 
 
-def test_cached_stem_gives_the_same_logits_as_pixels():
+def test_cached_frozen_features_give_the_same_logits_as_pixels():
     model = MultiModalClassifier(tiny_config())
     model.freeze_backbone(1)
     model.eval()
     batch = inputs()
-    stem = model.image_encoder.stem(batch["pixel_values"], trainable_blocks=1)
+    stem = model.image_encoder.frozen_features(batch["pixel_values"])
     direct = model(**batch).logits
-    cached = model(stem_output=stem, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    cached = model(frozen_features=stem, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(direct, cached)
     # Precomputed image embeddings (train.py's path for a frozen image encoder) give the same logits too.
-    embeds = model.encode_image(stem_output=stem)
+    embeds = model.encode_image(frozen_features=stem)
     given = model(image_embeds=embeds, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(given.logits, direct)
     torch.testing.assert_close(model(image_embeds=embeds).logits, model(pixel_values=batch["pixel_values"]).logits)
@@ -136,15 +134,20 @@ def test_mirror_average_embeds_a_photo_and_its_mirror_alike_in_inference_only():
     pixels = inputs()["pixel_values"]
     encoder = model.image_encoder
     with torch.no_grad():
-        views = [encoder.project(encoder.pooled_features(x)) for x in (pixels, pixels.flip(-1))]
+        views = [encoder.project(encoder.backbone_features(x)) for x in (pixels, pixels.flip(-1))]
         averaged = model.encode_image(pixels)
         torch.testing.assert_close(averaged, (views[0] + views[1]) / 2)
         torch.testing.assert_close(model.encode_image(pixels.flip(-1)), averaged)
         channels_last = pixels.contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(model.encode_image(channels_last), averaged)
-        # In training the photo is one view (train.py's augmentation chooses which); a cached stem is one view.
+        # In training the photo is one view (the collator's augmentation chooses which); so is one cached view.
         torch.testing.assert_close(model.train().encode_image(pixels), views[0])
-        torch.testing.assert_close(model.eval().encode_image(stem_output=encoder.stem(pixels)), views[0])
+        model.eval()
+        cached = [encoder.frozen_features(x) for x in (pixels, pixels.flip(-1))]
+        torch.testing.assert_close(model.encode_image(frozen_features=cached[0]), views[0])
+        # Both cached views: the same average as from pixels.
+        torch.testing.assert_close(model.encode_image(frozen_features=cached[0], mirrored_frozen_features=cached[1]),
+                                   averaged)
         plain = MultiModalClassifier(tiny_config(modality="image", dropout=0.0)).eval()
         plain.load_state_dict(model.state_dict())
         torch.testing.assert_close(plain.encode_image(pixels), views[0])
@@ -152,7 +155,7 @@ def test_mirror_average_embeds_a_photo_and_its_mirror_alike_in_inference_only():
         tiny_config(image_mirror_average="yes")
 
 
-def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
+def test_features_from_chosen_blocks_through_pixels_and_cached_frozen_features(tmp_path):
     model = MultiModalClassifier(tiny_config(image_feature_blocks=[-2, -1])).eval()
     blocks = model.image_encoder.backbone.blocks
     n = len(blocks)
@@ -168,13 +171,13 @@ def test_features_from_chosen_stages_through_pixels_and_cached_stems(tmp_path):
             pooled.append(x.mean(dim=(2, 3)))
     expected = torch.cat(pooled, dim=1)
     assert model.image_encoder.projection[1].in_features == expected.shape[1]
-    torch.testing.assert_close(model.image_encoder.pooled_features(pixels), expected)
+    torch.testing.assert_close(model.image_encoder.backbone_features(pixels), expected)
     direct = model(pixel_values=pixels).logits
-    for trainable in (0, 1, 2, n):  # the cached stem output gives the same features at every split point
+    for trainable in (0, 1, 2, n):  # the cached frozen part's output gives the same features at every split point
         model.freeze_backbone(trainable)
         model.eval()
-        stem = model.image_encoder.stem(pixels, trainable_blocks=trainable)
-        torch.testing.assert_close(model(stem_output=stem).logits, direct)
+        stem = model.image_encoder.frozen_features(pixels)
+        torch.testing.assert_close(model(frozen_features=stem).logits, direct)
     model.save_pretrained(tmp_path)
     loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
     assert loaded.config.image_feature_blocks == [-2, -1]
@@ -209,10 +212,10 @@ def test_local_projection_projects_every_position_then_averages(blocks, tmp_path
     for trainable in (0, 2, encoder.num_blocks):  # cached maps at several split points give the same logits
         model.freeze_backbone(trainable)
         model.eval()
-        stem = encoder.stem(pixels, trainable_blocks=trainable)
+        stem = encoder.frozen_features(pixels)
         assert stem.dim() == 4
         text = {k: v for k, v in batch.items() if k != "pixel_values"}
-        torch.testing.assert_close(model(stem_output=stem, **text).logits, direct)
+        torch.testing.assert_close(model(frozen_features=stem, **text).logits, direct)
     model.save_pretrained(tmp_path)
     loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
     assert loaded.config.image_local_projection is True
@@ -236,21 +239,26 @@ def test_with_chosen_stages_every_parameter_that_asks_for_a_gradient_gets_one():
         assert not any(p.requires_grad for p in (*backbone.blocks[-1].parameters(), *backbone.conv_head.parameters()))
 
 
-def test_chosen_stages_are_checked():
-    with pytest.raises(MMClassifierError, match="stages 0 to"):
+def test_chosen_blocks_and_trainable_blocks_are_checked():
+    with pytest.raises(MMClassifierError, match="blocks 0 to"):
         MultiModalClassifier(tiny_config(image_feature_blocks=[99]))
     with pytest.raises(ValueError, match="image_feature_blocks"):
         tiny_config(image_feature_blocks=[1, 1])
     model = MultiModalClassifier(tiny_config(image_feature_blocks=[0, -1]))
-    with pytest.raises(MMClassifierError, match="frozen stages whose output is cached"):
+    with pytest.raises(MMClassifierError, match="frozen blocks whose output is cached"):
         model.freeze_backbone(1)
+    encoder = MultiModalClassifier(tiny_config()).image_encoder
+    assert encoder.trainable_blocks == encoder.num_stages == encoder.num_blocks + 1  # trains whole until frozen
+    with pytest.raises(MMClassifierError, match=f"between 0 and {encoder.num_blocks}, got -1"):
+        encoder.freeze(-1)
+    with pytest.raises(MMClassifierError, match="EfficientNet-family"):
+        MultiModalClassifier(tiny_config(backbone="resnet10t", modality="image")).freeze_backbone(1)
 
 
 def test_save_and_load_give_identical_logits(tmp_path):
     model = MultiModalClassifier(tiny_config(thresholds=[0.2, 0.4, 0.6])).eval()
     batch = inputs()
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
     loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
     reloaded_state = loaded.state_dict()
     assert all(torch.equal(tensor, reloaded_state[name]) for name, tensor in model.state_dict().items())
@@ -273,9 +281,7 @@ def test_auto_model_in_a_fresh_process(tmp_path):
         f"b = torch.load({str(tmp_path / 'batch.pt')!r})\n"
         f"torch.save(m(**b).logits, {str(tmp_path / 'out.pt')!r})\n"
     )
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path), env=env)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))  # the installed package
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=1e-6)
 
 
