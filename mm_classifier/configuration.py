@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from transformers import PreTrainedConfig
 
 MODALITIES = ("fusion", "image", "text")
@@ -72,6 +74,9 @@ class MultiModalConfig(PreTrainedConfig):
     pos_weight: list[float] | None = None
     concept_words: dict | None = None
     min_votes: int = 2
+    # Registration: transformers' pipeline() reads this from a saved folder's config.json (its pipeline.py).
+    custom_pipelines: dict = dataclasses.field(default_factory=lambda: {"multimodal-classification": {
+        "impl": "pipeline.MultiModalClassificationPipeline", "pt": ["AutoModel"], "type": "multimodal"}})
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -154,3 +159,6 @@ class MultiModalConfig(PreTrainedConfig):
     @property
     def uses_text(self) -> bool:
         return self.modality in ("fusion", "text")
+
+
+MultiModalConfig.register_for_auto_class()  # a saved config.json names this file in its auto_map

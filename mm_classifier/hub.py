@@ -43,8 +43,26 @@ def check_hub_access(repo_id: str | None) -> None:
         raise MMClassifierError(f"--push-to-hub: cannot reach the hub or not logged in ({err}).") from err
 
 
+def code_files() -> list[str]:
+    """The code files a saved model folder carries, so transformers loads it without this package (the model's,
+    the processor's and the pipeline's modules and what they import: what their ``save_pretrained`` copies)."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from . import modeling, pipeline, processing
+
+    roots = [Path(module.__file__) for module in (modeling, processing, pipeline)]
+    return sorted({Path(path).name for root in roots for path in [root, *get_relative_import_files(root)]})
+
+
 def push_folder(folder: Path, repo_id: str) -> str:
-    """Upload a saved model folder to the hub repo ``repo_id`` (created if needed); returns the repo id."""
+    """Upload a saved model folder (weights, configs, tokenizer, model card and code files) to the hub repo
+    ``repo_id`` (created if needed); returns the repo id."""
+    missing = [name for name in code_files() if not (Path(folder) / name).is_file()]
+    if missing:
+        raise MMClassifierError(
+            f"{folder} lacks {', '.join(missing)}: it was saved by an older mm_classifier. Re-save it first: "
+            "mm_classifier.Predictor.from_pretrained(folder).save_pretrained(folder)."
+        )
     repo = huggingface_hub.create_repo(repo_id, exist_ok=True).repo_id
     huggingface_hub.upload_folder(repo_id=repo, folder_path=str(folder))
     return repo

@@ -4,10 +4,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import timm
+import torch
+import transformers
+from huggingface_hub import EvalResult, ModelCardData
+
+from .data import looks_like_hub_id
 from .fusion import describe
+from .pipeline import PIPELINE_TASK
 from .reporting import SUMMARY_KEYS, format_metric
 
-__all__ = ["write_model_card"]
+__all__ = ["card_metadata", "write_model_card"]
+
+# The Hub has no task for "photo and caption -> concepts"; the model runs in its own pipeline (pipeline.py).
+PIPELINE_TAG = "other"
+
+
+def card_metadata(config, results: dict, dataset: str) -> ModelCardData:
+    """The YAML front matter the Hub reads: library, task, tags, data set and the test figures (model-index).
+
+    Args: as :func:`write_model_card`.
+    """
+    dataset_id = _hub_dataset(dataset)
+    figures = [
+        EvalResult(task_type=PIPELINE_TAG, task_name="Multi-label concept classification",
+                   dataset_type=dataset_id or dataset, dataset_name=dataset_id or dataset, dataset_split="test",
+                   metric_type=key, metric_name=label, metric_value=round(results["test_" + key], 4))
+        for key, label in SUMMARY_KEYS if results.get("test_" + key) is not None
+    ]
+    return ModelCardData(
+        library_name="transformers", pipeline_tag=PIPELINE_TAG,
+        tags=["mm_classifier", PIPELINE_TASK, "multi-label-classification", "multimodal"],
+        datasets=[dataset_id] if dataset_id else None, metrics=["f1", "average_precision", "roc_auc"],
+        model_name=f"mm_classifier-{config.modality}" if figures else None, eval_results=figures or None,
+    )
+
+
+def _hub_dataset(dataset: str) -> str | None:
+    """The data set's hub id: itself for a hub id, ``flickr8k`` for a local copy, None for the built-in sample."""
+    if dataset == "sample":
+        return None
+    if looks_like_hub_id(dataset) and not Path(dataset).expanduser().exists():
+        return dataset
+    return "flickr8k"
 
 
 def write_model_card(directory: Path, config, results: dict, dataset: str) -> None:
@@ -29,11 +68,7 @@ def write_model_card(directory: Path, config, results: dict, dataset: str) -> No
         for key, label in SUMMARY_KEYS if "test_" + key in results
     )
     card = f"""---
-library_name: transformers
-pipeline_tag: image-classification
-tags: [mm_classifier, multi-label, multimodal, flickr8k]
-datasets: [flickr8k]
-metrics: [f1, average_precision, roc_auc]
+{card_metadata(config, results, dataset).to_yaml()}
 ---
 
 # mm_classifier: {config.modality} model
@@ -64,6 +99,20 @@ Trained on `{dataset}`; {results.get('train_rows', '?')} training rows; tested o
 Best epoch {results.get('best_epoch')} of {results.get('epochs_run')}; {results.get('train_seconds')} s of training.
 
 ## Use
+
+With transformers, timm, torch, tokenizers and pillow installed (not mm_classifier; this folder was saved with
+transformers {transformers.__version__}, timm {timm.__version__} and torch {torch.__version__}), its own code files
+(`modeling.py`, `processing.py`, `pipeline.py` and what they import) run the model; `trust_remote_code=True`
+says you have read them:
+
+```python
+from transformers import pipeline
+pipe = pipeline(model="path/to/this/folder", trust_remote_code=True)  # or its hub id
+pipe(image="photo.jpg", text="a dog runs on the beach")  # every concept: label, score, predicted (at threshold)
+```
+
+`AutoModel`, `AutoProcessor` and `AutoConfig` load the parts the same way. With mm_classifier installed, its
+`Predictor` reads only the JSON and safetensors files:
 
 ```python
 import mm_classifier

@@ -500,3 +500,6 @@ def _download_timm_weights(config: MultiModalConfig) -> dict:
             "Offline? Pass a local safetensors file (--backbone-weights PATH) or use --no-pretrained."
         ) from err
     return pretrained.state_dict()
+
+
+MultiModalClassifier.register_for_auto_class("AutoModel")  # a saved config.json names this file in its auto_map

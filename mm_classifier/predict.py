@@ -47,7 +47,8 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     import huggingface_hub
 
     try:
-        return Path(huggingface_hub.snapshot_download(str(model)))
+        # JSON and safetensors only: the folder's code files are for other programs, never run here.
+        return Path(huggingface_hub.snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors"]))
     except Exception as err:
         raise MMClassifierError(
             f"No local folder {model} and it could not be downloaded from the hub ({type(err).__name__}: {err}). "
@@ -72,15 +73,21 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, device: str | None = None) -> "Predictor":
-        """Load from a folder written by ``train.py`` / :meth:`save_pretrained`, or a hub id."""
+        """Load from a folder written by ``train.py`` / :meth:`save_pretrained`, or a hub id.
+
+        Only ``config.json``, ``processor_config.json``, the tokenizer's JSON and ``model.safetensors`` are read,
+        with this package's classes: the code files a folder carries (for other programs) are never run, and
+        no pickle is ever loaded.
+        """
         directory = resolve_model_dir(model)
         try:
-            classifier = MultiModalClassifier.from_pretrained(str(directory))
+            classifier = MultiModalClassifier.from_pretrained(str(directory), use_safetensors=True)
+            processor = MultiModalProcessor.from_pretrained(directory)
         except MMClassifierError:
             raise
         except Exception as err:
             raise MMClassifierError(f"Cannot load the model in {directory}: {type(err).__name__}: {err}") from err
-        return cls(classifier, MultiModalProcessor.from_pretrained(directory), device)
+        return cls(classifier, processor, device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """One folder with everything needed to predict: config (concepts, thresholds), weights, processor."""

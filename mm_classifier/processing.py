@@ -12,7 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers import BatchFeature, PreTrainedTokenizerBase, PreTrainedTokenizerFast, ProcessorMixin
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.image_processing_utils import BaseImageProcessor
 
 from .configuration import IMAGENET_MEAN, IMAGENET_STD
 from .errors import MMClassifierError
@@ -130,54 +132,97 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-class MultiModalProcessor:
-    """Turns photos and captions into the batch a :class:`MultiModalClassifier` reads.
+class MultiModalImageProcessor(BaseImageProcessor):
+    """Photos -> ``pixel_values`` (B, 3, S, S): squashed to S x S (bilinear), scaled to 0..1 and normalised.
 
-    ``processor(images=..., text=...)`` returns a ``BatchFeature`` with ``pixel_values`` (B, 3, S, S) and/or
-    ``input_ids`` / ``attention_mask`` (B, T); either argument may be None.
+    Registered for ``AutoImageProcessor``; :class:`MultiModalProcessor` pairs it with the caption tokenizer.
+    ``**kwargs`` keeps what transformers adds to a saved image processor (``auto_map``).
     """
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        image_size: int = 224,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
-        max_length: int = 32,
-    ):
-        self.tokenizer = tokenizer
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, image_size: int = 224, image_mean: Sequence[float] = IMAGENET_MEAN,
+                 image_std: Sequence[float] = IMAGENET_STD, **kwargs):
+        super().__init__(**kwargs)
         self.image_size = int(image_size)
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        self.max_length = int(max_length)
-        self._mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        self._std = torch.tensor(self.image_std).view(3, 1, 1)
-        self._encoder, self._encoder_for = None, None  # see _fast_encoder
-
-    @classmethod
-    def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> "MultiModalProcessor":
-        """A processor matching a model config's image size, normalisation and caption length."""
-        return cls(tokenizer, config.image_size, config.image_mean, config.image_std, config.max_length)
-
-    # ------------------------------------------------------------------------------------------ images
-
-    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
-        """One image -> (3, S, S) float tensor, resized and normalised."""
-        return self.normalize(self.resize_image(image))
 
     def resize_image(self, image: ImageInput) -> torch.Tensor:
         """One image -> (3, S, S) uint8 tensor, squashed to S x S (as the common Flickr8k copies are).
 
-        The first half of :meth:`preprocess_image`; training caches its output, which is 4x smaller than floats.
+        Training caches this output, which is 4x smaller than the float pixel values.
         """
         pil = load_image(image, draft_size=self.image_size)
         pil = pil.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
 
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, S, S) from :meth:`resize_image` -> normalised float pixel values."""
+        mean = torch.tensor(self.image_mean, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.image_std, device=pixels.device).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def preprocess(self, images, return_tensors: str | None = "pt") -> BatchFeature:
+        """One image or a list of images (PIL, numpy, path, bytes) -> ``pixel_values`` (B, 3, S, S)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            raise MMClassifierError("The list of images is empty.")
+        pixels = torch.stack([self.normalize_pixels(self.resize_image(image)) for image in images])
+        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
+
+
+class MultiModalProcessor(ProcessorMixin):
+    """Turns photos and captions into the batch a :class:`MultiModalClassifier` reads.
+
+    ``processor(images=..., text=...)`` returns a ``BatchFeature`` with ``pixel_values`` (B, 3, S, S) and/or
+    ``input_ids`` / ``attention_mask`` (B, T); either argument may be None.
+
+    Args:
+        tokenizer: the caption tokenizer (:func:`~mm_classifier.build_tokenizer`), or None for photos only.
+        image_processor: the photo transform; default: a :class:`MultiModalImageProcessor` with ``image_size``,
+            ``image_mean`` and ``image_std`` (give either those or an image processor).
+        max_length: captions are truncated to this many tokens.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | None = None,
+                 image_processor: MultiModalImageProcessor | None = None, max_length: int = 32,
+                 image_size: int | None = None, image_mean: Sequence[float] | None = None,
+                 image_std: Sequence[float] | None = None):
+        # Not ProcessorMixin.__init__: it refuses a missing part, and a photos-only processor has no tokenizer.
+        image_settings = {key: value for key, value in
+                          (("image_size", image_size), ("image_mean", image_mean), ("image_std", image_std))
+                          if value is not None}
+        if image_processor is None:
+            image_processor = MultiModalImageProcessor(**image_settings)
+        elif image_settings:
+            raise MMClassifierError(f"Give an image_processor or {', '.join(image_settings)}, not both.")
+        self.chat_template = None
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_length = int(max_length)
+        self._encoder, self._encoder_for = None, None  # see _fast_encoder
+
+    @classmethod
+    def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> "MultiModalProcessor":
+        """A processor matching a model config's image size, normalisation and caption length."""
+        image_processor = MultiModalImageProcessor(config.image_size, config.image_mean, config.image_std)
+        return cls(tokenizer, image_processor, config.max_length)
+
+    # ------------------------------------------------------------------------------------------ images
+
+    @property
+    def image_size(self) -> int:
+        return self.image_processor.image_size
+
+    def resize_image(self, image: ImageInput) -> torch.Tensor:
+        """One image -> (3, S, S) uint8: :meth:`MultiModalImageProcessor.resize_image`."""
+        return self.image_processor.resize_image(image)
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, S, S) from :meth:`resize_image` -> normalised float pixel values."""
-        mean, std = self._mean.to(pixels.device), self._std.to(pixels.device)
-        return (pixels.float() / 255.0 - mean) / std
+        return self.image_processor.normalize_pixels(pixels)
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -192,11 +237,7 @@ class MultiModalProcessor:
             raise MMClassifierError("Give a photo, a caption, or both: the processor got neither.")
         data: dict[str, Any] = {}
         if images is not None:
-            if not isinstance(images, (list, tuple)):
-                images = [images]
-            if not images:
-                raise MMClassifierError("The list of images is empty.")
-            data["pixel_values"] = torch.stack([self.preprocess_image(image) for image in images])
+            data.update(self.image_processor(images, return_tensors=None))
         if text is not None:
             data.update(self.tokenize(text))
         if images is not None and text is not None and len(data["pixel_values"]) != len(data["input_ids"]):
@@ -247,32 +288,47 @@ class MultiModalProcessor:
 
     # ------------------------------------------------------------------------------------------ save/load
 
-    def to_dict(self) -> dict:
-        return {
-            "processor_class": type(self).__name__,
-            "image_size": self.image_size,
-            "image_mean": self.image_mean,
-            "image_std": self.image_std,
-            "max_length": self.max_length,
-        }
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> list[str]:
+        """Write ``processor_config.json``, the tokenizer's files and the code that loads them without this
+        package (this module, the pipeline's and what they import: see docs/model_folder.md)."""
+        if self.tokenizer is None:
+            raise MMClassifierError("This processor has no tokenizer: a saved model folder needs one to read captions.")
+        from .pipeline import MultiModalClassificationPipeline  # the pipeline reads this processor, never imports it
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``processor_config.json`` and the tokenizer files into ``save_directory``."""
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / PROCESSOR_CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
+        files = super().save_pretrained(save_directory, **kwargs)
+        custom_object_save(MultiModalClassificationPipeline, save_directory)
+        return files
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "MultiModalProcessor":
-        """Load a processor written by :meth:`save_pretrained`."""
-        path = Path(directory) / PROCESSOR_CONFIG_NAME
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> MultiModalProcessor:
+        """Load a processor written by :meth:`save_pretrained`: a folder, or a hub id through transformers.
+
+        A folder is read as JSON and ``tokenizer.json`` only, with this module's classes: no class named in its
+        files is looked up, so its code files are never run. Folders written before the processor was a
+        ``ProcessorMixin`` (image settings at the top of ``processor_config.json``) load too.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        name = str(pretrained_model_name_or_path)
+        if not folder.is_dir() and name.count("/") == 1 and not name.startswith((".", "/", "~")):  # a hub id
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        path = folder / PROCESSOR_CONFIG_NAME
         if not path.is_file():
-            raise MMClassifierError(f"{directory} has no {PROCESSOR_CONFIG_NAME}: it is not a saved mm_classifier model.")
-        settings = json.loads(path.read_text())
-        settings.pop("processor_class", None)
+            raise MMClassifierError(f"{folder} has no {PROCESSOR_CONFIG_NAME}: it is not a saved mm_classifier model.")
+        try:
+            settings = json.loads(path.read_text())
+            image_settings = settings.get("image_processor", settings)
+            image_processor = MultiModalImageProcessor(
+                image_settings["image_size"], image_settings["image_mean"], image_settings["image_std"]
+            )
+            max_length = int(settings["max_length"])
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            raise MMClassifierError(f"{path} is not a valid processor configuration ({err}).") from None
         tokenizer = None
-        if (Path(directory) / "tokenizer.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        return cls(tokenizer, **settings)
+        if (folder / "tokenizer.json").is_file():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        return cls(tokenizer, image_processor, max_length)
+
+
+# A saved processor names this file in its auto_map, so AutoProcessor / AutoImageProcessor load it (trust_remote_code).
+MultiModalImageProcessor.register_for_auto_class()
+MultiModalProcessor.register_for_auto_class()

@@ -1,6 +1,7 @@
 import pytest
+from huggingface_hub import ModelCard
 
-from mm_classifier import MultiModalConfig
+from mm_classifier import PIPELINE_TASK, MultiModalConfig
 from mm_classifier.fusion import describe
 from mm_classifier.modelcard import write_model_card
 
@@ -19,8 +20,8 @@ def card_config(modality="fusion", fusion_type="concat", **overrides):
     return config
 
 
-def model_card(tmp_path, config, results=RESULTS):
-    write_model_card(tmp_path, config, results, dataset="data/flickr8k")
+def model_card(tmp_path, config, results=RESULTS, dataset="data/flickr8k"):
+    write_model_card(tmp_path, config, results, dataset=dataset)
     return (tmp_path / "README.md").read_text()
 
 
@@ -50,9 +51,39 @@ def test_card_mentions_mirror_averaging_only_for_models_that_see_photos(tmp_path
     assert mirror not in model_card(tmp_path, card_config("image"))
 
 
-def test_card_metadata_concepts_data_and_results(tmp_path):
+def test_card_metadata_the_hub_reads(tmp_path):
+    card = model_card(tmp_path, card_config(), dataset="someone/flickr8k")
+    metadata = ModelCard(card).data.to_dict()  # parsed the Hub's way
+    assert metadata["library_name"] == "transformers"
+    # No Hub task runs a photo and a caption: the model's own pipeline (pipeline.py) does, through custom code.
+    assert metadata["pipeline_tag"] == "other" and PIPELINE_TASK in metadata["tags"]
+    assert metadata["datasets"] == ["someone/flickr8k"]
+    (result,) = metadata["model-index"][0]["results"]
+    assert metadata["model-index"][0]["name"] == "mm_classifier-fusion"
+    assert result["dataset"] == {"name": "someone/flickr8k", "type": "someone/flickr8k", "split": "test"}
+    # The test figures of all_results.json: defined summary metrics only.
+    assert result["metrics"] == [{"type": "micro_f1", "name": "micro-F1", "value": 0.6123}]
+
+
+@pytest.mark.parametrize("dataset, hub_datasets", [
+    ("sample", None), ("someone/flickr8k-parquet", ["someone/flickr8k-parquet"]), ("data/flickr8k", ["flickr8k"]),
+])
+def test_card_names_the_hub_data_set(tmp_path, dataset, hub_datasets):
+    if dataset == "data/flickr8k":
+        (tmp_path / "data" / "flickr8k").mkdir(parents=True)
+        dataset = str(tmp_path / "data" / "flickr8k")
+    write_model_card(tmp_path, card_config(), RESULTS, dataset=dataset)
+    assert ModelCard((tmp_path / "README.md").read_text()).data.to_dict().get("datasets") == hub_datasets
+
+
+def test_card_of_a_run_without_figures_has_no_model_index(tmp_path):
+    metadata = ModelCard(model_card(tmp_path, card_config(), results={})).data.to_dict()
+    assert "model-index" not in metadata
+
+
+def test_card_concepts_data_results_and_use(tmp_path):
     card = model_card(tmp_path, card_config())
-    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-classification\n")
+    assert 'pipeline(model="path/to/this/folder", trust_remote_code=True)' in card
     assert "`dog` (threshold 0.25), `beach` (threshold 0.60)" in card
     assert "at least 3 of its captions name it" in card
     assert "Trained on `data/flickr8k`; 1200 training rows; tested on 400\n" in card

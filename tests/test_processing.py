@@ -1,11 +1,14 @@
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoImageProcessor, AutoProcessor
 
-from mm_classifier import MMClassifierError, MultiModalProcessor, build_tokenizer, load_image
+from mm_classifier import MMClassifierError, MultiModalImageProcessor, MultiModalProcessor, build_tokenizer, load_image
+from mm_classifier.configuration import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture
@@ -94,12 +97,70 @@ def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
                        processor.tokenizer(["zebra crossing"], return_tensors="pt")["input_ids"])
 
 
-def test_save_and_load_round_trip(processor, tmp_path):
+def reference_pixels(image, size, mean, std) -> torch.Tensor:
+    """The photo transform written out (it must never change): decode with a JPEG draft at the target size,
+    bilinear resize to S x S with reducing_gap=2.0, uint8, then (x / 255 - mean) / std in float32."""
+    pil = load_image(image, draft_size=size).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return (pixels.float() / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def test_outputs_are_bit_identical_to_the_reference_transform_and_tokenizer(tmp_path):
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    big.save(tmp_path / "big.jpg", quality=90)  # JPEG draft decoding applies
+    jpeg = io.BytesIO()
+    big.save(jpeg, "JPEG")
+    images = [tmp_path / "big.jpg", jpeg.getvalue(), Image.new("RGBA", (30, 40), (10, 20, 30, 128)),
+              rng.random((33, 47, 3)), rng.integers(0, 255, (64, 64), dtype=np.uint8)]
+    captions = ["a dog on the beach", "", "A MAN in a red shirt on the beach with a dog", "zebra!!", "é a\tman"]
+    tokenizer = build_tokenizer(["a dog on the beach", "a man in a red shirt"] * 2, min_frequency=1)
+    settings = ((32, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25), 32), (224, IMAGENET_MEAN, IMAGENET_STD, 4))
+    for size, mean, std, max_length in settings:
+        processor = MultiModalProcessor(tokenizer, image_size=size, image_mean=mean, image_std=std,
+                                        max_length=max_length)
+        expected_pixels = torch.stack([reference_pixels(image, size, mean, std) for image in images])
+        expected_tokens = tokenizer(captions, padding="longest", truncation=True, max_length=max_length,
+                                    return_tensors="pt")
+        both, photos_only, captions_only = (processor(images=images, text=captions), processor(images=images),
+                                            processor(text=captions))
+        for batch in (both, photos_only):
+            assert batch["pixel_values"].dtype == torch.float32
+            assert torch.equal(batch["pixel_values"], expected_pixels)
+        for batch in (both, captions_only):
+            for key in ("input_ids", "attention_mask"):
+                assert torch.equal(batch[key], expected_tokens[key])
+        assert set(photos_only) == {"pixel_values"} and set(captions_only) == {"input_ids", "attention_mask"}
+        assert torch.equal(processor.normalize(processor.resize_image(images[0])), expected_pixels[0])
+        assert processor.resize_image(images[0]).dtype == torch.uint8
+
+
+def test_save_and_load_round_trip_through_auto_classes(processor, tmp_path):
     processor.save_pretrained(tmp_path)
-    loaded = MultiModalProcessor.from_pretrained(tmp_path)
-    assert loaded.to_dict() == processor.to_dict()
     image = Image.new("RGB", (40, 30), (10, 200, 30))
-    a, b = processor(images=image, text="a dog"), loaded(images=image, text="a dog")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    expected = processor(images=image, text="a dog")
+    # Ours reads a folder's JSON; transformers' own ProcessorMixin loader (what a hub id goes through) reads it too.
+    standard = super(MultiModalProcessor, MultiModalProcessor).from_pretrained(str(tmp_path))
+    for loaded in (MultiModalProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path), standard):
+        assert type(loaded) is MultiModalProcessor
+        assert (loaded.image_size, loaded.max_length) == (32, processor.max_length)
+        got = loaded(images=image, text="a dog")
+        assert all(torch.equal(expected[key], got[key]) for key in expected)
+    image_processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(image_processor) is MultiModalImageProcessor
+    assert torch.equal(image_processor(image)["pixel_values"], expected["pixel_values"])
     with pytest.raises(MMClassifierError, match="not a saved mm_classifier model"):
         MultiModalProcessor.from_pretrained(tmp_path / "nope")
+    with pytest.raises(MMClassifierError, match="no tokenizer"):
+        MultiModalProcessor(None).save_pretrained(tmp_path / "photos_only")
+
+
+def test_a_folder_saved_before_the_processor_was_a_processor_mixin_loads(processor, tmp_path):
+    processor.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({
+        "processor_class": "MultiModalProcessor", "image_size": 32, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5], "max_length": 32}))
+    loaded = MultiModalProcessor.from_pretrained(tmp_path)
+    image = Image.new("RGB", (40, 30), (10, 200, 30))
+    expected, got = processor(images=image, text="a dog"), loaded(images=image, text="a dog")
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
