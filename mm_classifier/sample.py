@@ -1,5 +1,5 @@
 """The built-in sample: synthetic scenes with captions, written in the Kaggle layout (``images/`` +
-``captions.txt``) under the cache root.
+``captions.txt``) under the cache root, with where each thing was drawn (``regions.json``).
 
 Designed so that both modalities matter: everything in a scene is drawn, but men and women (and boys and
 girls) are drawn alike, so only a caption tells them apart; each caption in turn names the ground and each
@@ -9,13 +9,14 @@ object only with probability ``MENTION_PROBABILITY``, so only the photo shows ev
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from .cache import cache_root
 
@@ -24,6 +25,7 @@ NUM_PHOTOS = 1600
 IMAGE_SIZE = 64
 CAPTIONS_PER_PHOTO = 5
 MENTION_PROBABILITY = 0.75
+REGIONS_FILE = "regions.json"
 
 GROUNDS = {  # concept -> (colour, words a caption uses)
     "grass": ((120, 190, 80), ["on the grass", "on a lawn", "on green grass"]),
@@ -69,22 +71,54 @@ def sample_folder(seed: int = 0, num_photos: int = NUM_PHOTOS, root: Path | None
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    elif not (folder / REGIONS_FILE).is_file():
+        # A folder generated before the regions were written: replay the generator for them (same seed, same scenes).
+        _write_json(folder / REGIONS_FILE, {name: regions for name, _, regions, _ in _scenes(seed, num_photos)})
     return folder
 
 
 def generate_sample(folder: Path, seed: int = 0, num_photos: int = NUM_PHOTOS) -> None:
-    """Write ``images/*.png`` and ``captions.txt`` for ``num_photos`` synthetic scenes, deterministically."""
-    rng = random.Random(seed)
+    """Write ``images/*.png``, ``captions.txt`` and ``regions.json`` for ``num_photos`` synthetic scenes,
+    deterministically. See :func:`read_regions` for the regions."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
+    all_regions = {}
     with open(folder / "captions.txt", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption"])
-        for index in range(num_photos):
-            scene = _random_scene(rng)
-            name = f"scene_{index:05d}.png"
-            _draw_scene(scene, rng).save(folder / "images" / name)
-            for _ in range(CAPTIONS_PER_PHOTO):
-                writer.writerow([name, _caption(scene, rng)])
+        for name, image, regions, captions in _scenes(seed, num_photos):
+            image.save(folder / "images" / name)
+            all_regions[name] = regions
+            for caption in captions:
+                writer.writerow([name, caption])
+    _write_json(folder / REGIONS_FILE, all_regions)
+
+
+def read_regions(folder: Path) -> dict[str, list[dict]]:
+    """Where each thing of each photo was drawn: photo name -> ``[{"concept": "dog", "box": [x0, y0, x1, y1]}, ...]``.
+
+    A box is the bounding box of the pixels that drawing the thing changed, in the photo's pixels, ``x1`` and
+    ``y1`` exclusive (the thing lies in ``pixels[y0:y1, x0:x1]``). People are named by their concept (``"man"``,
+    ``"woman"``, ``"boy"``, ``"girl"``), objects by theirs. A later thing may hide part of an earlier one.
+    """
+    return json.loads((Path(folder) / REGIONS_FILE).read_text(encoding="utf-8"))
+
+
+def _scenes(seed: int, num_photos: int):
+    """The sample's scenes in order: (photo name, image, regions, captions). One random stream draws them all,
+    so the order of the draws below is part of the sample (changing it changes every photo and caption)."""
+    rng = random.Random(seed)
+    for index in range(num_photos):
+        scene = _random_scene(rng)
+        image, regions = _draw_scene(scene, rng)
+        captions = [_caption(scene, rng) for _ in range(CAPTIONS_PER_PHOTO)]
+        yield f"scene_{index:05d}.png", image, regions, captions
+
+
+def _write_json(path: Path, value) -> None:
+    # Next to the target, then renamed: a reader never sees half a file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, separators=(",", ":")) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _random_scene(rng: random.Random) -> dict:
@@ -97,7 +131,8 @@ def _random_scene(rng: random.Random) -> dict:
     }
 
 
-def _draw_scene(scene: dict, rng: random.Random) -> Image.Image:
+def _draw_scene(scene: dict, rng: random.Random) -> tuple[Image.Image, list[dict]]:
+    """The scene's photo, and each thing's concept and box (see :func:`read_regions`)."""
     s = IMAGE_SIZE
     image = Image.new("RGB", (s, s), (150 + rng.randint(-20, 20), 200 + rng.randint(-20, 20), 240))
     draw = ImageDraw.Draw(image)
@@ -107,15 +142,22 @@ def _draw_scene(scene: dict, rng: random.Random) -> Image.Image:
     things = [("object", o) for o in scene["objects"]] + [("person", p) for p in scene["people"]]
     rng.shuffle(things)
     width = s // len(things)
+    regions = []
     for slot, (kind, what) in enumerate(things):
         x = slot * width + width // 2 + rng.randint(-2, 2)
         y = rng.randint(horizon + 8, s - 2)  # feet / bottom
+        before = image.copy()
         if kind == "person":
             concept, shirt = what
             _draw_person(draw, x, y, adult=PEOPLE[concept][0], shirt=RGB[shirt], rng=rng)
         else:
+            concept = what
             _draw_object(draw, what, x, y, rng)
-    return image
+        # The pixels the drawing changed, so a box never depends on a shape's arithmetic repeated here.
+        box = ImageChops.difference(before, image).getbbox()
+        if box is not None:
+            regions.append({"concept": concept, "box": list(box)})
+    return image, regions
 
 
 def _jitter(colour, rng, amount=12):
