@@ -1,45 +1,408 @@
-"""Gradio app: upload a photo (and optionally a caption) and see which concepts a trained model finds.
+"""Gradio app: which concepts a trained model finds in a photo and its caption, why, and for many photos at once.
 
     python app.py                         # serves outputs/fusion on http://127.0.0.1:7860
-    python app.py --model DIR_OR_HUB_ID --share
+    python app.py --model DIR_OR_HUB_ID --examples DIR --share
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
+import json
 import os
+import re
 import socket
 import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import gradio as gr
 
-from mm_classifier import MMClassifierError, Predictor
-from mm_classifier.plots import plot_prediction  # sets matplotlib's headless backend first
-import matplotlib.pyplot as plt  # noqa: E402  (after plots)
+from mm_classifier import MMClassifierError, Prediction, Predictor
+from mm_classifier.plots import heatmap_overlay
+from mm_classifier.predict import caption_for, read_captions_csv
 from mm_classifier.processing import load_image
 
 DEFAULT_MODEL = "outputs/fusion"
 MAX_CAPTION_CHARS = 2000  # longer captions are cut (the model reads 32 words anyway)
 MAX_FILE_SIZE = "10mb"
-TOP_K = 10
+MAX_BATCH_PHOTOS = 50
+EXPLAIN_MAX_SIDE = 1024  # photos are explained at most this large: a heat map has the photo's own size
+SHOWN_SIDE = (320, 512)  # heat maps are sent at least and at most this large (small photos: pixels enlarged)
+EXPLAIN_BARS = 8  # concepts in the Explain view's bars: the most probable ones (and the explained one)
+EXAMPLES_SHOWN = 6
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Predictions waiting beyond QUEUE_SIZE get Gradio's "queue is full" at once instead of a long wait; CONCURRENCY
+# predictions run at a time, each in its own worker thread on one CPU core (main() gives torch one thread per
+# prediction), so the server keeps answering while they run.
+QUEUE_SIZE = 64
+CONCURRENCY = min(4, os.cpu_count() or 1)
+BATCH_COLUMNS = ["photo", "caption", "concepts found (or the error)"]
+
+# ------------------------------------------------------------------------------------------------ the model
 
 
-def predict(predictor: Predictor, photo=None, caption: str | None = None, threshold: float | None = None) -> dict:
-    """Concept -> probability for a photo (path, PIL or numpy) and/or a caption; the app's pure core.
+@dataclass
+class ModelInfo:
+    """What the page says about the served model: where it came from and what it was trained on.
+
+    Attributes:
+        source: the folder or hub id it was loaded from.
+        dataset: the training data as train.py recorded it (``sample``, a folder, a hub id), or None if unknown.
+        synthetic: trained on the built-in synthetic sample (or a folder the sample's generator wrote).
+        test_micro_f1: micro-F1 on the run's own test split, when the run recorded it.
+    """
+
+    source: str
+    dataset: str | None
+    synthetic: bool
+    test_micro_f1: float | None = None
+
+
+def describe_model(predictor: Predictor) -> ModelInfo:
+    """Read the training records a model folder carries (training_args.json, else the model card; all_results.json)."""
+    source = predictor.model.config.name_or_path or ""
+    folder = Path(source)
+    dataset = None
+    try:
+        dataset = json.loads((folder / "training_args.json").read_text()).get("dataset")
+    except (OSError, ValueError):
+        card = folder / "README.md"
+        found = re.search(r"Trained on `([^`]+)`", card.read_text()) if card.is_file() else None
+        dataset = found.group(1) if found else None
+    f1 = None
+    try:
+        f1 = json.loads((folder / "all_results.json").read_text()).get("test_micro_f1")
+    except (OSError, ValueError):
+        pass
+    # The sample's generator leaves regions.json beside its scenes; real Flickr8k folders have none.
+    synthetic = dataset == "sample" or (dataset is not None and (Path(dataset) / "regions.json").is_file())
+    return ModelInfo(source, dataset, synthetic, f1)
+
+
+def model_description(predictor: Predictor, info: ModelInfo) -> str:
+    """One paragraph of Markdown: the model, what it reads, what it was trained on."""
+    config = predictor.model.config
+    reads = {"image": "a photo", "text": "a caption", "fusion": "a photo, a caption, or both"}[config.modality]
+    parts = [f"**Served model:** `{info.source}`, {config.modality} (reads {reads})"]
+    if config.uses_image:
+        parts.append(f"backbone `{config.backbone}` at {config.image_size} px")
+    if config.uses_text:
+        parts.append(f"{config.vocab_size}-word vocabulary")
+    trained = "the built-in synthetic sample" if info.dataset == "sample" else (
+        f"`{info.dataset}`" if info.dataset else "unrecorded data (no training_args.json)")
+    text = ", ".join(parts) + f"; trained on {trained}"
+    if info.test_micro_f1 is not None:
+        text += f" (micro-F1 {info.test_micro_f1:.2f} on its own test split)"
+    return text + f". Its {config.num_labels} concepts: {', '.join(config.concepts)}."
+
+
+def sample_note(predictor: Predictor, info: ModelInfo) -> str | None:
+    """The warning a model trained on synthetic scenes carries; None for any other model."""
+    if not info.synthetic:
+        return None
+    config = predictor.model.config
+    seen = [f"{config.image_size}-px cartoon scenes"] if config.uses_image else []
+    if config.uses_text:
+        seen.append(f"captions in a {config.vocab_size}-word vocabulary")
+    return (
+        f"⚠️ **This is a demo model trained on synthetic scenes** ({' with '.join(seen)}). It knows only those "
+        "scenes: on a real photo it still answers, confidently and wrongly. For a model of real photos, download "
+        "Flickr8k and train on it: `python train.py --dataset PATH/TO/flickr8k`, then "
+        "`python app.py --model outputs/fusion` (docs/data.md)."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ one photo
+
+
+def _clean_caption(caption: str | None) -> str | None:
+    return (caption or "").strip()[:MAX_CAPTION_CHARS] or None
+
+
+def _check_inputs(predictor: Predictor, has_photo: bool, has_caption: bool) -> None:
+    config = predictor.model.config
+    if not has_photo and not has_caption:
+        raise MMClassifierError("Upload a photo or type a caption (or both).")
+    if not has_photo and not config.uses_text:
+        raise MMClassifierError("This model reads photos only: upload a photo.")
+    if not has_caption and not config.uses_image:
+        raise MMClassifierError("This model reads captions only: type a caption.")
+
+
+def _thresholds(predictor: Predictor, threshold: float | None) -> dict[str, float]:
+    cutoffs = [threshold] * len(predictor.concepts) if threshold else predictor.model.config.thresholds
+    return dict(zip(predictor.concepts, cutoffs, strict=True))
+
+
+def predict(predictor: Predictor, photo=None, caption: str | None = None, threshold: float | None = None
+            ) -> Prediction:
+    """Every concept's probability for a photo (path, PIL or numpy) and/or a caption; the app's pure core.
 
     Raises:
         MMClassifierError: nothing given, or the photo cannot be read.
     """
-    caption = (caption or "").strip()[:MAX_CAPTION_CHARS] or None
-    if photo is None and caption is None:
-        raise MMClassifierError("Upload a photo or type a caption (or both).")
+    caption = _clean_caption(caption)
+    _check_inputs(predictor, photo is not None, caption is not None)
+    # The photo as given: a file is decoded once, by the processor (a JPEG at the scale the model needs).
+    return predictor.predict(photo, caption, thresholds=threshold)[0]
+
+
+def concept_view(predictor: Predictor, prediction: Prediction, threshold: float | None = None) -> dict:
+    """The result as the page draws it and the API returns it: the found concepts, and every concept's
+    probability and threshold, most probable first."""
+    thresholds = _thresholds(predictor, threshold)
+    ranked = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
+    return {
+        "predicted": list(prediction.predicted),
+        "concepts": [{"concept": c, "probability": prediction.probabilities[c], "threshold": thresholds[c],
+                      "predicted": c in prediction.predicted} for c in ranked],
+    }
+
+
+def summary(prediction: Prediction) -> str:
+    """One line: "Found: dog (91%), grass (55%)." or "No concept above its threshold."."""
+    found = ", ".join(f"{c} ({prediction.probabilities[c]:.0%})" for c in prediction.predicted)
+    return f"Found: {found}." if found else "No concept above its threshold."
+
+
+@dataclass
+class AppExplanation:
+    """What the Explain view shows.
+
+    Attributes:
+        concept: the explained concept.
+        prediction: the prediction from everything the model read.
+        bars: each concept's probability from photo + caption, the photo alone and the caption alone (None
+            where that input was not given or the model does not read it), most probable first.
+        heatmap: (H, W) in [0, 1], where the photo shows the concept; None without a photo.
+        image: the photo as explained (at most EXPLAIN_MAX_SIDE pixels on its longer side), or None.
+        words: (word, contribution) per caption word: how much hiding the word lowers the concept's probability.
+    """
+
+    concept: str
+    prediction: Prediction
+    bars: dict
+    heatmap: object | None
+    image: object | None
+    words: list[tuple[str, float]]
+
+
+def explain(predictor: Predictor, photo=None, caption: str | None = None, concept: str | None = None,
+            threshold: float | None = None) -> AppExplanation:
+    """Explain one concept (default: the most probable one) for a photo and/or a caption; the app's pure core.
+
+    Raises:
+        MMClassifierError: nothing given, an unreadable photo, or an unknown concept.
+    """
+    caption = _clean_caption(caption)
+    _check_inputs(predictor, photo is not None, caption is not None)
     config = predictor.model.config
-    if photo is None and not config.uses_text:
-        raise MMClassifierError("This model reads photos only: upload a photo.")
-    if caption is None and not config.uses_image:
-        raise MMClassifierError("This model reads captions only: type a caption.")
     image = load_image(photo) if photo is not None else None
-    return predictor.predict(image, caption, thresholds=threshold)[0]
+    if image is not None and max(image.size) > EXPLAIN_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((EXPLAIN_MAX_SIDE, EXPLAIN_MAX_SIDE))
+    reads_photo, reads_caption = image is not None and config.uses_image, caption is not None and config.uses_text
+    # One prediction per combination of the inputs given: the three-way bars, from the photo as given, so that
+    # they equal what Predict shows (the heat map needs the decoded photo, below).
+    both = predictor.predict(photo, caption, thresholds=threshold)[0] if reads_photo and reads_caption else None
+    photo_only = predictor.predict(photo, None, thresholds=threshold)[0] if reads_photo else None
+    caption_only = predictor.predict(None, caption, thresholds=threshold)[0] if reads_caption else None
+    prediction = both or photo_only or caption_only
+    ranked = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
+    concept = concept or ranked[0]
+    if concept not in prediction.probabilities:
+        raise MMClassifierError(f"Unknown concept {concept!r}: the model knows {', '.join(predictor.concepts)}.")
+    explained = predictor.explain(image if reads_photo else None, caption if reads_caption else None,
+                                  concepts=[concept])[concept]
+    thresholds = _thresholds(predictor, threshold)
+    shown = ranked[:EXPLAIN_BARS] + ([concept] if concept not in ranked[:EXPLAIN_BARS] else [])
+
+    def probability(result, name):
+        return None if result is None else result.probabilities[name]
+
+    bars = {
+        "explained": concept,
+        "concepts": [{"concept": c, "both": probability(both, c), "photo_only": probability(photo_only, c),
+                      "caption_only": probability(caption_only, c), "threshold": thresholds[c]} for c in shown],
+    }
+    return AppExplanation(concept, prediction, bars, explained.heatmap, image if reads_photo else None,
+                          list(explained.words))
+
+
+def highlighted_words(words: list[tuple[str, float]]) -> list[tuple[str, float | None]]:
+    """gr.HighlightedText's value: each word with its contribution scaled to [-1, 1] (the strongest word at
+    ±1), spaces between them."""
+    strongest = max((abs(value) for _, value in words), default=0.0) or 1.0
+    shown: list[tuple[str, float | None]] = []
+    for word, value in words:
+        shown += [(word, value / strongest), (" ", None)]
+    return shown[:-1]
+
+
+def upload_problem(path) -> str | None:
+    """Why an uploaded file cannot be used as a photo, or None when it can (checked on upload, before Predict)."""
+    if path is None:
+        return None
+    try:
+        load_image(path)
+    except MMClassifierError as err:
+        return str(err).replace(str(path), "The uploaded file")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ many photos
+
+
+@dataclass
+class BatchRow:
+    """One photo of a batch: its prediction, or why there is none."""
+
+    photo: str
+    caption: str | None
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+@dataclass
+class BatchResult:
+    rows: list[BatchRow]
+    unmatched: list[str]  # names the captions CSV lists that were not among the photos
+
+
+def predict_batch(predictor: Predictor, photos: list, caption: str | None = None, captions_csv=None,
+                  threshold: float | None = None) -> BatchResult:
+    """Predict several photos; each takes its caption from ``captions_csv`` (file_name,caption; matched by file
+    name), else ``caption``. A photo that cannot be read gets an error in its row; the others are answered.
+
+    Raises:
+        MMClassifierError: no photos, too many, or an unreadable captions file.
+    """
+    photos = [str(p) for p in photos or []]
+    if not photos:
+        raise MMClassifierError("Upload one or more photos.")
+    if len(photos) > MAX_BATCH_PHOTOS:
+        raise MMClassifierError(f"{len(photos)} photos: at most {MAX_BATCH_PHOTOS} at a time.")
+    captions = read_captions_csv(captions_csv) if captions_csv else {}
+    default = _clean_caption(caption)
+    rows = []
+    for path in photos:
+        name = Path(path).name
+        row = BatchRow(name, _clean_caption(caption_for(path, captions, default)))
+        try:
+            row.prediction = predict(predictor, path, row.caption, threshold)
+        except MMClassifierError as err:
+            row.error = str(err).replace(path, name)
+        rows.append(row)
+    names = {Path(p).name for p in photos}
+    return BatchResult(rows, [n for n in captions if Path(n).name not in names])
+
+
+def batch_table(result: BatchResult) -> list[list[str]]:
+    """The rows of the batch table (columns BATCH_COLUMNS)."""
+    def found(row: BatchRow) -> str:
+        if row.prediction is None:
+            return f"⚠ {row.error}"
+        return ", ".join(f"{c} ({row.prediction.probabilities[c]:.0%})" for c in row.prediction.predicted) or "(none)"
+
+    return [[row.photo, row.caption or "", found(row)] for row in result.rows]
+
+
+def write_batch_files(result: BatchResult, concepts: list[str], folder: Path) -> tuple[Path, Path]:
+    """predictions.csv (one column per concept's probability) and predictions.json in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / "predictions.csv", folder / "predictions.json"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["photo", "caption", "predicted", "error", *concepts])
+        for row in result.rows:
+            probabilities = row.prediction.probabilities if row.prediction else {}
+            writer.writerow([row.photo, row.caption or "", ";".join(row.prediction.predicted if row.prediction else []),
+                             row.error or "", *[f"{probabilities[c]:.6f}" if probabilities else "" for c in concepts]])
+    records = [{"photo": row.photo, "caption": row.caption, "error": row.error,
+                "predicted": row.prediction.predicted if row.prediction else None,
+                "probabilities": row.prediction.probabilities if row.prediction else None} for row in result.rows]
+    json_path.write_text(json.dumps(records, indent=2) + "\n")
+    return csv_path, json_path
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+# gr.HTML templates: the server sends numbers (the API returns the same dict), the browser draws the bars.
+CONCEPT_BARS = r"""${(() => {
+  if (!value || !value.concepts) return `<p class="empty">Give a photo and/or a caption and press Predict.</p>`;
+  const esc = s => String(s).replace(/[&<>"']/g, ch => `&#${ch.charCodeAt(0)};`);
+  const pct = p => `${Math.round(100 * p)}%`;
+  return `<div class="legend"><span><i class="swatch found"></i>found (at or above its threshold)</span>` +
+    `<span><i class="swatch below"></i>below its threshold</span><span><i class="tick-key"></i>threshold</span></div>` +
+    `<ol class="bars">` + value.concepts.map(c => `<li class="${c.predicted ? 'found' : 'below'}"
+      title="${esc(c.concept)}: ${pct(c.probability)}, threshold ${pct(c.threshold)}">
+      <span class="name">${esc(c.concept)}</span>
+      <span class="track"><span class="fill" style="width:${(100 * c.probability).toFixed(1)}%"></span>
+      <span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span></span>
+      <span class="value">${pct(c.probability)}</span></li>`).join('') + `</ol>`;
+})()}"""
+
+THREE_WAY_BARS = r"""${(() => {
+  if (!value || !value.concepts) return `<p class="empty">Press Explain to see which input says what.</p>`;
+  const esc = s => String(s).replace(/[&<>"']/g, ch => `&#${ch.charCodeAt(0)};`);
+  const pct = p => `${Math.round(100 * p)}%`;
+  const sources = [['both', 'photo + caption'], ['photo_only', 'photo alone'], ['caption_only', 'caption alone']]
+    .filter(([key]) => value.concepts.some(c => c[key] !== null));
+  return `<div class="legend">` + sources.map(([key, label]) => `<span><i class="swatch ${key}"></i>${label}</span>`)
+    .join('') + `<span><i class="tick-key"></i>threshold</span></div><ol class="groups">` +
+    value.concepts.map(c => `<li class="${c.concept === value.explained ? 'explained' : ''}">
+      <span class="name">${esc(c.concept)}</span><span class="rows">` +
+      sources.filter(([key]) => c[key] !== null).map(([key, label]) =>
+        `<span class="row" title="${label}: ${pct(c[key])}">
+        <span class="track"><span class="fill ${key}" style="width:${(100 * c[key]).toFixed(1)}%"></span>
+        <span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span></span>
+        <span class="value">${pct(c[key])}</span></span>`).join('') + `</span></li>`).join('') + `</ol>`;
+})()}"""
+
+BARS_CSS = """
+font-size: 15px; line-height: 1.3;
+.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; margin: 0 0 10px; color: var(--body-text-color-subdued); }
+.legend span { display: inline-flex; align-items: center; gap: 6px; }
+.swatch { display: inline-block; width: 14px; height: 14px; border-radius: 3px; }
+.tick-key { display: inline-block; width: 3px; height: 16px; background: var(--body-text-color); }
+ol { list-style: none; margin: 0; padding: 0; }
+li { display: grid; grid-template-columns: 6.5em 1fr 3.2em; align-items: center; gap: 8px;
+     padding: 3px 0; }
+.name { overflow-wrap: anywhere; }
+.track { position: relative; height: 16px; background: var(--background-fill-secondary); border-radius: 3px; }
+.fill { position: absolute; left: 0; top: 0; bottom: 0; border-radius: 3px; background: #8c959f; }
+.tick { position: absolute; top: -3px; bottom: -3px; width: 3px; margin-left: -1px;
+        background: var(--body-text-color); }
+.value { text-align: right; font-variant-numeric: tabular-nums; }
+li.found .name, li.found .value { font-weight: 600; }
+li.found .fill, .swatch.found { background: #1a7f37; }
+.swatch.below { background: #8c959f; }
+.fill.both, .swatch.both { background: #0969da; }
+.fill.photo_only, .swatch.photo_only { background: #bc4c00; }
+.fill.caption_only, .swatch.caption_only { background: #1b7c83; }
+.groups li { grid-template-columns: 6.5em 1fr; padding: 5px 0; border-top: 1px solid var(--border-color-primary); }
+.groups li.explained .name { font-weight: 700; }
+.rows { display: grid; gap: 3px; }
+.row { display: grid; grid-template-columns: 1fr 3.2em; align-items: center; gap: 8px; }
+.row .track { height: 12px; }
+.empty { color: var(--body-text-color-subdued); }
+"""
+
+CSS = """
+.photo-input img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.heatmap img { width: 100%; height: 100%; object-fit: contain; }
+.sample-note { border: 2px solid #bf8700; border-radius: 8px; padding: 4px 12px; background: #fff8c5; color: #3b2300; }
+.sample-note * { color: #3b2300 !important; }
+.upload-notice { border-left: 4px solid #cf222e; padding-left: 10px; }
+#examples table { table-layout: fixed; width: 100%; }
+#examples td, #examples th { white-space: normal !important; overflow-wrap: anywhere; }
+"""
+LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_SIZE, "show_error": True, "css": CSS}
 
 
 class PhotoInput(gr.Image):
@@ -57,61 +420,174 @@ class PhotoInput(gr.Image):
         return "image"  # the same front end as gr.Image
 
 
-def build_demo(predictor: Predictor, examples: list[list] | None = None) -> gr.Blocks:
-    """The UI wired to :func:`predict`; launch it yourself (``build_demo(p).launch()``)."""
-    config = predictor.model.config
+def build_demo(predictor: Predictor, examples: list[list] | None = None, info: ModelInfo | None = None,
+               examples_label: str = "Examples") -> gr.Blocks:
+    """The page wired to :func:`predict`, :func:`explain` and :func:`predict_batch`; launch it yourself
+    (``build_demo(p).launch(**LAUNCH_OPTIONS)``)."""
+    info = info or describe_model(predictor)
+    downloads = Path(tempfile.mkdtemp(prefix="mm_classifier_batch_"))
 
-    def run(photo, caption, threshold=0):
+    def user_error(err: MMClassifierError, photo=None) -> gr.Error:
+        message = str(err).replace(str(photo), "The uploaded photo") if photo else str(err)
+        return gr.Error(message, print_exception=False)
+
+    def threshold_or_none(threshold):  # the slider's 0 keeps each concept's tuned threshold
+        return threshold if threshold and threshold > 0 else None
+
+    def run_predict(photo, caption, threshold=0):
         try:
-            image = load_image(photo) if photo is not None else None  # decoded once, for model and figure
-            # A threshold of 0 (the slider's default) keeps each concept's tuned threshold.
-            prediction = predict(predictor, image, caption, threshold if threshold and threshold > 0 else None)
+            prediction = predict(predictor, photo, caption, threshold_or_none(threshold))
         except MMClassifierError as err:
-            message = str(err).replace(str(photo), "The uploaded photo") if photo else str(err)
-            raise gr.Error(message, print_exception=False) from None
-        figure = None
-        if image is not None:
-            figure = plot_prediction(image, prediction, caption)
-            plt.close(figure)  # Gradio still renders it; pyplot must not keep every request's figure alive
-        found = ", ".join(f"{c} ({prediction.probabilities[c]:.0%})" for c in prediction.predicted)
-        summary = f"Found: {found}." if found else "No concept above its threshold."
-        return prediction.probabilities, figure, summary
+            raise user_error(err, photo) from None
+        return concept_view(predictor, prediction, threshold_or_none(threshold)), summary(prediction)
 
-    with gr.Blocks(title="mm_classifier") as demo:
-        gr.Markdown(
-            f"# mm_classifier\nWhich of {config.num_labels} concepts are in the scene? Give a photo, a caption, or "
-            f"both (`{config.modality}` model). Concepts: {', '.join(config.concepts)}."
-        )
-        with gr.Row():
-            with gr.Column():
-                photo = PhotoInput(
-                    type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo (JPEG, PNG, WebP)"
-                )
-                caption = gr.Textbox(label="Caption (optional)", placeholder="a dog runs through the snow", lines=2)
-                threshold = gr.Slider(
-                    0, 1, value=0, step=0.05,
-                    label="Threshold (0 = each concept's tuned threshold)",
-                )
-                submit = gr.Button("Predict", variant="primary")
-            with gr.Column():
-                label = gr.Label(num_top_classes=TOP_K, label="Concepts")
-                summary = gr.Textbox(label="Summary", interactive=False)
-                plot = gr.Plot(label="Prediction")
-        submit.click(run, [photo, caption, threshold], [label, plot, summary], api_name="predict")
-        caption.submit(run, [photo, caption, threshold], [label, plot, summary], api_visibility="private")
-        if examples:
-            gr.Examples(examples, [photo, caption], label="Examples from the built-in sample")
-    # A bounded queue: at most 4 predictions at once, the rest wait (or are refused past 64).
-    return demo.queue(default_concurrency_limit=4, max_size=64)
+    def run_explain(photo, caption, threshold=0, concept=None):
+        try:
+            result = explain(predictor, photo, caption, concept or None, threshold_or_none(threshold))
+        except MMClassifierError as err:
+            raise user_error(err, photo) from None
+        overlay = None if result.heatmap is None else heatmap_overlay(result.image, result.heatmap, *SHOWN_SIDE)
+        # Plain values, no gr.update: the API returns them as they are.
+        return result.concept, overlay, highlighted_words(result.words), result.bars, summary(result.prediction)
+
+    def run_batch(files, caption, captions_file, threshold=0):
+        try:
+            result = predict_batch(predictor, files, caption, captions_file, threshold_or_none(threshold))
+        except MMClassifierError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        csv_path, json_path = write_batch_files(result, predictor.concepts, downloads / uuid.uuid4().hex)
+        answered = sum(row.prediction is not None for row in result.rows)
+        status = f"{answered} of {len(result.rows)} photos answered."
+        if answered < len(result.rows):
+            status += " The rows with an error say what was wrong."
+        if result.unmatched:
+            status += f" The captions file also lists photos not uploaded: {', '.join(result.unmatched[:5])}"
+            status += "…" if len(result.unmatched) > 5 else "."
+        return batch_table(result), [str(csv_path), str(json_path)], status
+
+    def check_upload(photo):
+        problem = upload_problem(photo)
+        if problem is None:
+            return gr.Image(), gr.Markdown(visible=False)
+        return gr.Image(value=None), gr.Markdown(f"**Not a usable photo.** {problem}", visible=True)
+
+    config = predictor.model.config
+    with gr.Blocks(title="mm_classifier", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"# mm_classifier\nWhich concepts are in the scene? Give a photo, a caption, or both: each "
+                    f"concept gets a probability, and every concept at or above its threshold is found (a scene "
+                    f"can have several).\n\n{model_description(predictor, info)}")
+        note = sample_note(predictor, info)
+        if note:
+            gr.Markdown(note, elem_id="sample-note", elem_classes="sample-note")
+        with gr.Tabs():
+            with gr.Tab("One photo", id="one"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=300):
+                        photo = PhotoInput(type="filepath", sources=["upload", "webcam", "clipboard"],
+                                           label="Photo (JPEG, PNG, WebP)", elem_classes="photo-input", height=320,
+                                           image_mode=None)  # our load_image converts; no second decode
+                        notice = gr.Markdown(visible=False, elem_id="upload-notice", elem_classes="upload-notice")
+                        caption = gr.Textbox(label="Caption (optional)", placeholder="a dog runs through the snow",
+                                             lines=2, max_length=MAX_CAPTION_CHARS)
+                        threshold = gr.Slider(0, 1, value=0, step=0.05,
+                                              label="Threshold (0 = each concept's tuned threshold)")
+                        with gr.Row():
+                            submit = gr.Button("Predict", variant="primary")
+                            explain_button = gr.Button("Explain")
+                    with gr.Column(min_width=300):
+                        result_summary = gr.Textbox(label="Summary", interactive=False)
+                        with gr.Tabs(selected="concepts") as result_tabs:
+                            with gr.Tab("Concepts", id="concepts"):
+                                bars = gr.HTML(None, html_template=CONCEPT_BARS, css_template=BARS_CSS,
+                                               js_on_load=None, elem_id="concept-bars")
+                            with gr.Tab("Explain", id="explain"):
+                                concept = gr.Dropdown(config.concepts, value=None, label="Concept to explain",
+                                                      info="Default: the most probable one")
+                                heatmap = gr.Image(label="Where the photo shows it (red: strongest)", type="pil",
+                                                   interactive=False, elem_classes="heatmap", height=320)
+                                words = gr.HighlightedText(label="Caption words: red ones raise the concept's "
+                                                                 "probability, purple ones lower it", show_legend=False,
+                                                           elem_id="caption-words")
+                                three_way = gr.HTML(None, html_template=THREE_WAY_BARS, css_template=BARS_CSS,
+                                                    js_on_load=None, elem_id="three-way-bars")
+                shown_examples = None
+                if examples:
+                    shown_examples = gr.Examples(examples, [photo, caption], label=examples_label,
+                                                 examples_per_page=EXAMPLES_SHOWN, elem_id="examples")
+            with gr.Tab("Batch", id="batch"):
+                gr.Markdown(f"Up to {MAX_BATCH_PHOTOS} photos. Captions: one for all, or a CSV with the header "
+                            "`file_name,caption` (photos it does not list take the one for all, or none).")
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=300):
+                        batch_photos = gr.File(label="Photos", file_count="multiple", file_types=["image"],
+                                               elem_id="batch-photos")
+                        batch_caption = gr.Textbox(label="Caption for all (optional)", lines=1,
+                                                   max_length=MAX_CAPTION_CHARS)
+                        batch_captions = gr.File(label="Captions CSV (optional): file_name,caption",
+                                                 file_types=[".csv", ".txt"], elem_id="batch-captions")
+                        batch_button = gr.Button("Predict all", variant="primary")
+                    with gr.Column(min_width=300):
+                        batch_status = gr.Markdown(elem_id="batch-status")
+                        table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True,
+                                             label="Concepts per photo", elem_id="batch-table",
+                                             column_widths=["28%", "28%", "44%"])
+                        batch_files = gr.File(label="Download (CSV, JSON)", file_count="multiple",
+                                              interactive=False, elem_id="batch-downloads")
+
+        # Every event that runs the model shares one concurrency group: CONCURRENCY model runs at a time in all.
+        model = {"concurrency_id": "model"}
+        photo.upload(check_upload, photo, [photo, notice], api_visibility="private", **model)
+        photo.clear(lambda: gr.Markdown(visible=False), None, notice, api_visibility="private", queue=False)
+        predicted = [photo, caption, threshold], [bars, result_summary]
+        submit.click(run_predict, *predicted, api_name="predict", **model)
+        caption.submit(run_predict, *predicted, api_visibility="private", **model)
+        if shown_examples is not None:  # an example click runs the prediction at once
+            shown_examples.load_input_event.then(run_predict, *predicted, api_visibility="private", **model)
+        explained = [concept, heatmap, words, three_way, result_summary]
+        explain_button.click(run_explain, [photo, caption, threshold], explained, api_name="explain", **model)
+        concept.input(run_explain, [photo, caption, threshold, concept], explained, api_visibility="private",
+                      **model)
+        for button, tab in ((submit, "concepts"), (explain_button, "explain")):
+            button.click(lambda tab=tab: gr.Tabs(selected=tab), None, result_tabs, api_visibility="private",
+                         queue=False)
+        batch_button.click(run_batch, [batch_photos, batch_caption, batch_captions, threshold],
+                           [table, batch_files, batch_status], api_name="predict_batch", **model)
+    return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
-def sample_examples(count: int = 4) -> list[list]:
-    """A few photos and captions of the built-in sample (generated on first use, offline)."""
+# ------------------------------------------------------------------------------------------------ examples
+
+
+def sample_examples(count: int = EXAMPLES_SHOWN) -> list[list]:
+    """Photos and captions of the built-in sample's test split (scenes a sample model never trained on)."""
     from mm_classifier import load_flickr8k
 
-    test = load_flickr8k("sample")["test"]
-    rows = test.cast_column("image", test.features["image"].__class__(decode=False)).select(range(min(count, len(test))))
+    # Loading the sample shows a "Checking photos" bar that datasets.disable_progress_bars() does not reach; a
+    # second or two at start is no wait worth a bar in the server's log.
+    with contextlib.redirect_stderr(io.StringIO()):
+        test = load_flickr8k("sample")["test"]
+    undecoded = test.cast_column("image", test.features["image"].__class__(decode=False))
+    rows = undecoded.select(range(min(count, len(test))))
     return [[row["image"]["path"], row["captions"][0]] for row in rows]
+
+
+def folder_examples(folder: str | os.PathLike, count: int = EXAMPLES_SHOWN) -> list[list]:
+    """The photos of a folder, each with its caption from the folder's captions.csv (file_name,caption) if any.
+
+    Raises:
+        MMClassifierError: no such folder, or no photos in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MMClassifierError(f"--examples {folder}: no such folder.")
+    captions = read_captions_csv(folder / "captions.csv") if (folder / "captions.csv").is_file() else {}
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not photos:
+        raise MMClassifierError(f"--examples {folder}: no photos ({', '.join(sorted(PHOTO_SUFFIXES))}) in it.")
+    return [[str(p), caption_for(p, captions, "")] for p in photos[:count]]
+
+
+# ------------------------------------------------------------------------------------------------ the script
 
 
 def internet_reachable(host: str = "api.gradio.app", port: int = 443, timeout: float = 3.0) -> bool:
@@ -131,14 +607,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-name", default="127.0.0.1", help="0.0.0.0 to serve your network")
     parser.add_argument("--server-port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="public share link (needs internet)")
-    parser.add_argument("--no-examples", action="store_true", help="do not generate the sample's examples")
+    parser.add_argument("--examples", default=None, metavar="DIR",
+                        help="example photos (and an optional captions.csv: file_name,caption); default: the "
+                             "built-in sample's scenes for a model trained on them, none for any other")
+    parser.add_argument("--no-examples", action="store_true", help="show no examples")
     return parser
+
+
+def quiet_libraries() -> None:
+    """No progress bars for loading a model or the sample's examples: nobody waits on them long."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         predictor = Predictor.from_pretrained(args.model)
+        info = replace(describe_model(predictor), source=args.model)  # the hub id rather than its cache folder
+        examples, label = None, "Examples"
+        if args.examples and not args.no_examples:
+            examples, label = folder_examples(args.examples), f"Examples from {args.examples}"
+        elif info.synthetic and not args.no_examples:
+            examples, label = sample_examples(), "Examples: scenes of the built-in sample's test split"
     except MMClassifierError as err:
         print(f"error: {err}", file=sys.stderr)
         if args.model == DEFAULT_MODEL:
@@ -148,9 +643,20 @@ def main(argv=None) -> int:
         print("error: --share needs internet access (a tunnel through Gradio's share servers), and they cannot be "
               "reached. Run without --share to serve locally.", file=sys.stderr)
         return 2
-    demo = build_demo(predictor, None if args.no_examples else sample_examples())
-    demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
-                max_file_size=MAX_FILE_SIZE, show_error=True)
+    # Requests run side by side, one core each: torch's own threads inside each prediction would compete with the
+    # other requests' for the same cores, and on a busy machine make every prediction several times slower.
+    import torch
+
+    torch.set_num_threads(1)
+    demo = build_demo(predictor, examples, info, label)
+    # quiet: Gradio's own hints name its launch() arguments; ours name this script's options.
+    _, local_url, share_url = demo.launch(server_name=args.server_name, server_port=args.server_port,
+                                          share=args.share, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    print(f"Serving {args.model} on {local_url}")
+    if not share_url:
+        print("For a public link for others: python app.py --share (needs internet).")
+    print("Press Ctrl+C to stop.")
+    demo.block_thread()
     return 0
 
 

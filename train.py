@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from mm_classifier import CONCEPT_LEXICON, MMClassifierError, MultiModalClassifier, MultiModalConfig, MultiModalProcessor
-from mm_classifier.data import check_source
+from mm_classifier.data import add_source_arguments, check_source, source_from_args
 from mm_classifier.evaluation import write_pipeline_report
 from mm_classifier.fusion import FUSION_TYPES
 from mm_classifier.hub import check_hub_access, check_pretrained_download, push_folder
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     """train.py's options; docs/training.md explains each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="sample", help="a Flickr8k folder, a hub id, or 'sample' (default)")
+    data.add_argument("--dataset", default="sample", help="a data folder or file, a hub id, or 'sample' (default)")
+    add_source_arguments(data)  # --image-column, --caption-column, --label-column, --image-dir
+    data.add_argument("--labels", type=Path, help="given labels: file naming the label set (default: training labels)")
     data.add_argument("--concepts", type=Path, help="JSON concept file (concept -> words); default: built-in")
     data.add_argument("--num-concepts", type=at_least(1), default=20, help="how many of the most frequent concepts")
     data.add_argument("--min-votes", type=at_least(1), default=2, help="other captions that must name a concept")
@@ -280,7 +282,8 @@ def main(argv=None) -> int:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         data = load_training_data(
-            args.dataset, split_seed=args.split_seed, num_concepts=args.num_concepts, min_votes=args.min_votes,
+            source_from_args(args), labels_file=args.labels, split_seed=args.split_seed, min_votes=args.min_votes,
+            num_concepts=args.num_concepts,
             lexicon=load_concept_file(args.concepts) if args.concepts else CONCEPT_LEXICON,
             max_train_samples=args.max_train_samples, main_process_first=accelerator.main_process_first,
         )
@@ -301,8 +304,8 @@ def main(argv=None) -> int:
                 continue
             trained[stage] = train_stage(stage, args, data, accelerator, state, stage_dir, trained)
         if not args.modality and not args.skip_report and accelerator.is_main_process:
-            report = write_pipeline_report(args.output_dir, {s: args.output_dir / s for s in stages}, args.dataset,
-                                           seed=args.split_seed, split=data.report_split)
+            report = write_pipeline_report(args.output_dir, {s: args.output_dir / s for s in stages},
+                                           source_from_args(args), seed=args.split_seed, split=data.report_split)
             accelerator.print(f"Comparison of the three models: {report}")
         accelerator.end_training()
     except MMClassifierError as err:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import load_flickr8k, to_pairs
+from .data import DataSource, add_source_arguments, load_photos, source_from_args, to_pairs
 from .errors import MMClassifierError
 from .metrics import compute_metrics
 from .pairs import multi_hot
@@ -80,9 +80,14 @@ def score_pairs(predictor: Predictor, pairs, batch_size: int = 64, desc: str = "
     return scores
 
 
-def pairs_for_model(config, dataset: str, split: str, seed: int = 0):
-    """The split's pairs, labelled with the model's own concepts and labelling rule."""
-    photos = load_flickr8k(dataset, seed=seed)
+def pairs_for_model(config, dataset: str | DataSource, split: str, seed: int = 0):
+    """The split's pairs, labelled with the model's own concepts and labelling rule: the photos' given labels when the
+    data set has them (labels outside the model's concepts dropped and reported), else mined from the captions.
+
+    Args:
+        dataset: a data set name or path, or a :class:`~mm_classifier.data.DataSource` with the options to read it.
+    """
+    photos = load_photos(dataset, seed=seed)
     if split not in photos:
         raise MMClassifierError(f"Unknown split {split!r}; choose from {list(photos)}.")
     lexicon = config.concept_words or {c: [c] for c in config.concepts}
@@ -179,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mm_classifier.evaluation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder (e.g. outputs/fusion) or hub id")
-    parser.add_argument("--dataset", default="sample", help="folder, hub id or 'sample' (default: %(default)s)")
+    parser.add_argument("--dataset", default="sample", help="folder, file, hub id or 'sample' (default: %(default)s)")
+    add_source_arguments(parser)  # --image-column, --caption-column, --label-column, --image-dir
     parser.add_argument("--split", default="test", help="train, validation or test (default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, help="where to write the report (default: MODEL/eval_SPLIT)")
     parser.add_argument("--compare", nargs="*", default=[], help="other model folders to evaluate on the same pairs")
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = evaluate_model(
-            args.model, args.dataset, args.split, args.output_dir, args.compare, args.seed, args.num_examples
+            args.model, source_from_args(args), args.split, args.output_dir, args.compare, args.seed, args.num_examples
         )
     except MMClassifierError as err:
         print(f"error: {err}", file=sys.stderr)

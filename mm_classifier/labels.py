@@ -1,4 +1,5 @@
-"""Caption -> concept labels: the concept lexicon, concept mining and leave-one-out labels.
+"""Caption -> concept labels: the concept lexicon, concept mining and leave-one-out labels; and label files, which name
+the label set of a data set whose photos come with labels.
 
 Pure Python (no torch, no datasets) so it can be read, tested and reused on its own.
 """
@@ -204,3 +205,29 @@ def validate_lexicon(raw: object, source: str = "concept mapping") -> dict[str, 
         name = concept.strip().lower()
         lexicon[name] = sorted({name, *(w.strip().lower() for w in words if w.strip())})
     return lexicon
+
+
+def load_label_file(path: str | os.PathLike) -> list[str]:
+    """Read a label set: a JSON list of label names, or a text file with one name per line. Order is label order."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise ConceptFileError(f"Label file {path!s} does not exist.") from None
+    except UnicodeDecodeError as err:
+        raise ConceptFileError(f"Label file {path!s} is not text: {err}") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConceptFileError(f"Label file {path!s} is not valid JSON: {err}") from None
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise ConceptFileError(f"Label file {path!s} must hold a JSON list of label names.")
+    else:
+        names = text.splitlines()
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise ConceptFileError(f"Label file {path!s} names no label.")
+    if len(set(names)) != len(names):
+        duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
+        raise ConceptFileError(f"Label file {path!s} names {duplicated} more than once.")
+    return names

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from .data import load_flickr8k, to_pairs
+from .data import DataSource, arrow_batches, load_photos, to_pairs
 from .errors import MMClassifierError
+from .labels import load_label_file
 from .processing import MultiModalProcessor
 from .tokenization import build_tokenizer
 
@@ -31,7 +34,7 @@ class PairTable(torch.utils.data.Dataset):
 
     Args:
         photo_index: (N,) the row of each pair's photo in its split's photo table.
-        input_ids, attention_mask: (N, T) caption tokens.
+        input_ids, attention_mask: (N, T) caption tokens (int32 ids and a uint8 mask from :func:`pair_tables`).
         labels: (N, C) float targets (0/1, or a photo's mean over its pairs, see :func:`photo_rows`).
     """
 
@@ -62,18 +65,43 @@ class Split:
 def pair_tables(photos: datasets.DatasetDict, pairs: datasets.DatasetDict, processor: MultiModalProcessor) -> dict[str, Split]:
     """Photo rows and labelled pair rows (from ``data.to_pairs``) -> a :class:`Split` per split."""
     num_concepts = len(pairs["train"].features["labels"].feature.names)
-    splits = {}
-    for split in SPLITS:
-        photo_position = {name: i for i, name in enumerate(list(photos[split]["image_id"]))}
-        table = pairs[split].select_columns(["image_id", "caption", "labels"]).to_dict()
-        encoded = processor.tokenize(table["caption"])  # (N, T), T = longest caption of the split
-        splits[split] = Split(photos[split], PairTable(
-            torch.tensor([photo_position[i] for i in table["image_id"]]),
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            torch.from_numpy(multi_hot(table["labels"], num_concepts)).float(),
-        ))
-    return splits
+    return {split: Split(photos[split], _pair_table(photos[split], pairs[split], processor, num_concepts))
+            for split in SPLITS}
+
+
+def _pair_table(photos: datasets.Dataset, pairs: datasets.Dataset, processor: MultiModalProcessor, num_concepts: int,
+                batch_size: int = 8192) -> PairTable:
+    """One split's pairs as tensors, read and tokenised a batch at a time into tensors allocated once: the split's
+    captions and labels are never Python lists of the whole split."""
+    photo_ids = pa.concat_arrays([b["image_id"].combine_chunks() for b in arrow_batches(photos, ["image_id"])]
+                                 or [pa.array([], pa.string())])
+    width = processor.max_length  # trimmed below to the longest caption of the split, as one call would pad
+    photo_index = torch.zeros(len(pairs), dtype=torch.long)
+    # int32 ids and a uint8 mask: the model reads them as it reads int64, at 5/16 of the memory (COCO: 590k pairs).
+    input_ids = torch.full((len(pairs), width), processor.tokenizer.pad_token_id or 0, dtype=torch.int32)
+    attention_mask = torch.zeros((len(pairs), width), dtype=torch.uint8)
+    labels = torch.zeros((len(pairs), num_concepts))
+    longest, start = 1, 0
+    for batch in arrow_batches(pairs, ["image_id", "caption", "labels"], batch_size):
+        rows = slice(start, start + len(batch))
+        photo_index[rows] = torch.as_tensor(pc.index_in(batch["image_id"], value_set=photo_ids).to_numpy().copy())
+        encoded = processor.tokenize(batch["caption"].to_pylist())  # (B, T)
+        length = encoded["input_ids"].shape[1]
+        input_ids[rows, :length], attention_mask[rows, :length] = encoded["input_ids"], encoded["attention_mask"]
+        label_lists = batch["labels"].combine_chunks()
+        labels[rows] = torch.from_numpy(multi_hot_arrow(label_lists, num_concepts)).float()
+        longest, start = max(longest, length), start + len(batch)
+    if longest < width:
+        input_ids, attention_mask = input_ids[:, :longest].clone(), attention_mask[:, :longest].clone()
+    return PairTable(photo_index, input_ids, attention_mask, labels)
+
+
+def multi_hot_arrow(label_lists: pa.ListArray, num_concepts: int) -> np.ndarray:
+    """:func:`multi_hot` of an Arrow list column, without a Python list per row."""
+    targets = np.zeros((len(label_lists), num_concepts), dtype=np.int8)
+    rows = pc.list_parent_indices(label_lists).to_numpy()
+    targets[rows, pc.list_flatten(label_lists).to_numpy()] = 1
+    return targets
 
 
 def hold_out_validation(
@@ -177,33 +205,41 @@ class PairCollator:
 class TrainingData:
     """Everything the stages of a training run share: the splits, the concepts and the tokenizer.
 
-    ``report_split`` names, as ``data.load_flickr8k`` calls it, the split that the run's test split is:
+    ``report_split`` names, as ``data.load_photos`` calls it, the split that the run's test split is:
     ``"validation"`` when the source withholds its test photos (see :func:`hold_out_validation`).
     """
 
     splits: dict[str, Split]
     concepts: list[str]
     tokenizer: object
-    lexicon: dict
+    lexicon: dict | None  # None for given labels
     report_split: str = "test"
     held_out_photos: int = 0
 
 
 def load_training_data(
-    dataset: str, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
-    max_train_samples: int | None = None, main_process_first=contextlib.nullcontext,
+    dataset: str | DataSource, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
+    max_train_samples: int | None = None, main_process_first=contextlib.nullcontext, labels_file=None,
 ) -> TrainingData:
-    """Load a data set, label its pairs leave-one-out, build the tokenizer on the training captions.
+    """Load a data set, label its pairs (given labels, or concepts mined leave-one-out), build the tokenizer on the
+    training captions.
 
     Args:
+        dataset: a data set name or path, or a :class:`~mm_classifier.data.DataSource` with the options to read it.
+        labels_file: for a data set with given labels, a file naming the label set (default: the training labels).
         main_process_first: a context manager (Accelerate's ``main_process_first``) around the cached
             ``datasets`` work, so that other processes reuse the main process's cache files.
     """
     with main_process_first():
-        photos = load_flickr8k(dataset, seed=split_seed)
+        photos = load_photos(dataset, seed=split_seed)
         if max_train_samples:
             photos["train"] = photos["train"].select(range(min(max_train_samples, len(photos["train"]))))
-        pairs = to_pairs(photos, min_votes=min_votes, num_concepts=num_concepts, lexicon=lexicon)
+        given = "labels" in photos["train"].column_names
+        if labels_file is not None and not given:
+            raise MMClassifierError(f"--labels {labels_file} names the label set of given labels, but {dataset} has "
+                                    "no labels column (name it with --label-column).")
+        concepts = load_label_file(labels_file) if labels_file is not None else None
+        pairs = to_pairs(photos, concepts, min_votes=min_votes, num_concepts=num_concepts, lexicon=lexicon)
     report_split, held_out = "test", 0
     if len(photos["test"]) == 0 and len(photos["validation"]) > 0:
         photos, pairs = hold_out_validation(photos, pairs, split_seed)
@@ -212,9 +248,11 @@ def load_training_data(
         if len(photos[split]) == 0:
             raise MMClassifierError(f"The {split} split of {dataset} is empty; it needs photos to train and evaluate.")
     # The sample's vocabulary is tiny and complete; on real captions, words seen once are mostly noise.
-    tokenizer = build_tokenizer(list(pairs["train"]["caption"]), min_frequency=1 if dataset == "sample" else 2)
+    captions = (text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist())
+    tokenizer = build_tokenizer(captions, min_frequency=1 if str(dataset) == "sample" else 2)
     return TrainingData(
         splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer)),
         concepts=pairs["train"].features["labels"].feature.names,
-        tokenizer=tokenizer, lexicon=lexicon, report_split=report_split, held_out_photos=held_out,
+        # Given labels are no lexicon's concepts: the model config then records no concept words.
+        tokenizer=tokenizer, lexicon=None if given else lexicon, report_split=report_split, held_out_photos=held_out,
     )

@@ -11,24 +11,154 @@ import numpy as np  # noqa: E402
 CORRECT, WRONG, MISSED = "#1a7f37", "#cf222e", "#9a6700"
 
 
-def plot_prediction(image, prediction, caption: str | None = None, top_k: int = 10):
-    """The photo titled with its predicted concepts, beside a bar chart of the top-k probabilities."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, 1.2]})
+FOUND, NOT_FOUND, THRESHOLD = CORRECT, "#8c959f", "#24292f"
+# Explanations: one colour per input the model read (the app's HTML bars use the same three).
+BOTH, PHOTO_ONLY, CAPTION_ONLY = "#0969da", "#bc4c00", "#1b7c83"
+
+
+def plot_prediction(image, prediction, caption: str | None = None, top_k: int = 10,
+                    thresholds: dict[str, float] | None = None):
+    """The photo titled with its predicted concepts, beside a bar chart of the top-k probabilities, each
+    concept's threshold marked when ``thresholds`` (concept -> threshold) is given."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
     left.imshow(np.asarray(image))
     left.axis("off")
-    title = ", ".join(prediction.predicted) or "no concept above threshold"
-    left.set_title(_wrap(title, 40), fontsize=11)
+    title = ", ".join(prediction.predicted) or "no concept above its threshold"
+    left.set_title(_wrap(title, 40), fontsize=13)
     if caption:
-        left.text(0.5, -0.04, _wrap(f"“{caption}”", 60), transform=left.transAxes, ha="center", va="top", fontsize=9)
+        left.text(0.5, -0.04, _wrap(f"“{caption}”", 60), transform=left.transAxes, ha="center", va="top",
+                  fontsize=11)
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])[:top_k][::-1]
-    names, values = zip(*ranked) if ranked else ((), ())
-    colours = [CORRECT if n in prediction.predicted else "#8c959f" for n in names]
+    names, values = zip(*ranked, strict=True) if ranked else ((), ())
+    colours = [FOUND if n in prediction.predicted else NOT_FOUND for n in names]
     right.barh(names, values, color=colours)
+    if thresholds:
+        right.scatter([thresholds[n] for n in names], range(len(names)), marker="|", s=300, color=THRESHOLD,
+                      zorder=3)
     right.set_xlim(0, 1)
-    right.set_xlabel("probability")
-    right.set_title(f"top {len(names)} concepts")
+    right.set_xlabel("probability", fontsize=12)
+    right.tick_params(labelsize=12)
+    right.set_title(f"top {len(names)} concepts", fontsize=13)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color=FOUND, label="found (at or above its threshold)"), Patch(color=NOT_FOUND, label="below")]
+    if thresholds:
+        legend.append(Line2D([], [], color=THRESHOLD, marker="|", linestyle="", markersize=14, label="threshold"))
+    right.legend(handles=legend, loc="lower right", fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def heatmap_overlay(image, heatmap, min_side: int | None = None, max_side: int | None = None,
+                    strength: float = 0.65):
+    """The photo with a heat map laid over it (PIL RGB), for showing where a concept is seen.
+
+    Args:
+        image: the photo (PIL image).
+        heatmap: (H, W) values in [0, 1] at the photo's resolution; 1 = strongest evidence.
+        min_side: enlarge a smaller photo (its pixels as blocks, the heat map smooth) to this longer side.
+        max_side: shrink the result so that its longer side is at most this many pixels.
+        strength: how much colour covers the photo where the heat map is 1 (0 leaves the photo as it is).
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255), mode="L")
+    longest = max(image.size)
+    if min_side and longest < min_side:
+        scale = -(-min_side // longest)  # a whole number: every photo pixel becomes an equal block
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    elif max_side and longest > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    heat = heat.resize(image.size, Image.Resampling.BILINEAR)
+    weight = np.asarray(heat, dtype=np.float32)[..., None] / 255.0  # (H, W, 1)
+    colours = plt.get_cmap("jet")(weight[..., 0])[..., :3] * 255.0  # (H, W, 3)
+    # Colour in proportion to the evidence: where the model sees nothing the photo shows through unchanged.
+    mixed = np.asarray(image, dtype=np.float32) * (1 - strength * weight) + colours * strength * weight
+    return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
+
+
+def plot_explanation(image, explanation, thresholds: dict[str, float] | None = None, max_heatmaps: int = 3):
+    """One photo's explanation: the photo and its explained concepts' heat maps (top row); each caption word's
+    contribution to each concept, and each concept's probability from photo + caption, photo alone and caption
+    alone (bottom row).
+
+    Args:
+        image: the photo (PIL image).
+        explanation: a :class:`mm_classifier.explain.Explanation` of that photo (most probable concept first).
+        thresholds: concept -> threshold, drawn on the bars.
+        max_heatmaps: heat maps shown (the first concepts of the explanation).
+    """
+    entries = explanation.concepts
+    shown = [e for e in entries if e.heatmap is not None][:max_heatmaps]
+    columns = 1 + max(len(shown), 1)
+    figure = plt.figure(figsize=(4.2 * columns, 9.2))
+    grid = figure.add_gridspec(2, 1, height_ratios=[1.05, 1], hspace=0.32)
+    top = grid[0].subgridspec(1, columns, wspace=0.05)
+    axis = figure.add_subplot(top[0])
+    axis.imshow(np.asarray(image))
+    axis.set_title(_wrap(", ".join(explanation.predicted) or "no concept above its threshold", 34), fontsize=13)
+    axis.axis("off")
+    if explanation.caption:
+        axis.text(0.5, -0.04, _wrap(f"“{explanation.caption}”", 40), transform=axis.transAxes, ha="center",
+                  va="top", fontsize=11)
+    for column, entry in enumerate(shown, start=1):
+        axis = figure.add_subplot(top[column])
+        axis.imshow(np.asarray(heatmap_overlay(image, entry.heatmap)))
+        axis.set_title(f"where: {entry.concept} ({entry.probability:.0%})", fontsize=13)
+        axis.axis("off")
+
+    bottom = grid[1].subgridspec(1, 2, wspace=0.35, width_ratios=[1.25, 1])
+    words_axis, bars_axis = figure.add_subplot(bottom[0]), figure.add_subplot(bottom[1])
+    _plot_word_contributions(words_axis, entries, explanation.caption)
+    _plot_three_way_bars(bars_axis, entries, thresholds)
+    figure.subplots_adjust(left=0.06, right=0.98, top=0.93, bottom=0.16)
+    return figure
+
+
+def _plot_word_contributions(axis, entries, caption: str | None) -> None:
+    """A concepts x words grid: how many percentage points each word adds to (red) or takes from (blue) each
+    concept's probability."""
+    words = entries[0].words if entries else []
+    if not words:
+        axis.axis("off")
+        axis.text(0.5, 0.5, "no caption: nothing to attribute to words", ha="center", va="center", fontsize=12,
+                  transform=axis.transAxes)
+        return
+    values = np.array([[value for _, value in entry.words] for entry in entries]) * 100  # (K, n) in points
+    limit = max(float(np.abs(values).max()), 1.0)
+    axis.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    axis.set_xticks(range(len(words)), [word for word, _ in words], rotation=45, ha="right", fontsize=12)
+    axis.set_yticks(range(len(entries)), [entry.concept for entry in entries], fontsize=12)
+    if values.size <= 60:  # numbers stay legible in the cells
+        for (row, column), value in np.ndenumerate(values):
+            axis.text(column, row, f"{value:+.0f}", ha="center", va="center", fontsize=10,
+                      color="white" if abs(value) > 0.6 * limit else "black")
+    axis.set_title("caption words: points added (red) or taken (blue)", fontsize=12)
+
+
+def _plot_three_way_bars(axis, entries, thresholds: dict[str, float] | None) -> None:
+    """Grouped horizontal bars: each concept's probability from each input the model read."""
+    series = [("photo + caption", "both", BOTH), ("photo alone", "photo_only", PHOTO_ONLY),
+              ("caption alone", "caption_only", CAPTION_ONLY)]
+    series = [s for s in series if any(getattr(e, s[1]) is not None for e in entries)]
+    height = 0.8 / max(len(series), 1)
+    positions = np.arange(len(entries))[::-1]  # most probable on top
+    for k, (label, attribute, colour) in enumerate(series):
+        values = [getattr(e, attribute) or 0.0 for e in entries]
+        axis.barh(positions + (len(series) / 2 - k - 0.5) * height, values, height=height, color=colour,
+                  label=label)
+    if thresholds:
+        axis.scatter([thresholds[e.concept] for e in entries], positions, marker="|", s=400, color=THRESHOLD,
+                     zorder=3, label="threshold")
+    axis.set_yticks(positions, [e.concept for e in entries], fontsize=12)
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("probability", fontsize=12)
+    axis.tick_params(axis="x", labelsize=11)
+    axis.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    axis.set_title("which input says so", fontsize=12)
 
 
 def _wrap(text: str, width: int) -> str:
@@ -47,7 +177,7 @@ def plot_curves(curves: dict, kind: str, title: str):
     """
     figure, axis = plt.subplots(figsize=(8, 7))
     colours = plt.cm.tab20(np.linspace(0, 1, max(len(curves), 1)))
-    for colour, (name, (x, y, area)) in zip(colours, curves.items()):
+    for colour, (name, (x, y, area)) in zip(colours, curves.items(), strict=True):
         micro = name == "micro average"
         axis.plot(
             x, y, color="black" if micro else colour, linewidth=2.5 if micro else 1.2,
@@ -78,7 +208,7 @@ def plot_examples(examples: list[dict], columns: int = 4):
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 5.6 * rows))
     for axis in np.atleast_1d(axes).ravel():
         axis.axis("off")
-    for axis, example in zip(np.atleast_1d(axes).ravel(), examples):
+    for axis, example in zip(np.atleast_1d(axes).ravel(), examples, strict=False):
         axis.imshow(np.asarray(example["image"]))
         axis.set_title(_wrap(example["caption"], 45), fontsize=8)
         true, predicted = set(example["true"]), example["predicted"]

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from .errors import MMClassifierError
 from .modeling import MultiModalClassifier
 from .processing import MultiModalProcessor, load_image
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+
+# `python -m mm_classifier.predict` runs this module a second time as __main__ after the package's __init__ has
+# imported it; runpy then warns about that on every run, although the CLI (main below) is self-contained. The
+# filter is added at import, before runpy warns, and matches that one message only.
+warnings.filterwarnings("ignore", message=r"'mm_classifier\.predict' found in sys\.modules", category=RuntimeWarning)
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +169,13 @@ class Predictor:
                 results.append(Prediction(probabilities, predicted))
         return results
 
+    def explain(self, photo=None, caption: str | None = None, concepts: Sequence[str] | str | None = None
+                ) -> Explanation:
+        """Why the model predicts what it does: see :func:`mm_classifier.explain.explain` (same arguments)."""
+        from .explain import explain  # explain.py needs Predictor only for its type hints
+
+        return explain(self, photo, caption, concepts)
+
     def _thresholds(self, thresholds) -> list[float]:
         if thresholds is None:
             return list(self.model.config.thresholds)
@@ -179,36 +196,101 @@ def _as_list(value):
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+EXPLAINED_CONCEPTS = 3  # heat maps per --explain figure: the most probable concepts
+PHOTO_COLUMNS = ("file_name", "image")  # file_name: Hugging Face imagefolder's metadata.csv; image: Kaggle Flickr8k
+
+
+def read_captions_csv(path: str | os.PathLike) -> dict[str, str]:
+    """Photo file name -> caption from a CSV with a header: ``file_name,caption`` (``image,caption`` also works,
+    so Kaggle Flickr8k's captions.txt can be given; a photo listed twice keeps its first caption).
+
+    Raises:
+        MMClassifierError: the file cannot be read or has no such columns.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [name.strip() for name in reader.fieldnames or []]
+            photo_column = next((name for name in PHOTO_COLUMNS if name in columns), None)
+            if photo_column is None or "caption" not in columns:
+                raise MMClassifierError(
+                    f"{path} needs a header line with the columns file_name,caption (found: "
+                    f"{','.join(columns) or 'nothing'})."
+                )
+            reader.fieldnames = columns
+            captions: dict[str, str] = {}
+            for row in reader:
+                name = (row.get(photo_column) or "").strip()
+                if name:
+                    captions.setdefault(name, (row.get("caption") or "").strip())
+            return captions
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise MMClassifierError(f"Cannot read the captions file {path}: {err}") from err
+
+
+def caption_for(photo: str | os.PathLike, captions: dict[str, str], default: str | None = None) -> str | None:
+    """The caption a captions CSV gives a photo (matched by file name, or by the path as listed), else default."""
+    photo = str(photo)
+    for key in (photo, Path(photo).name):
+        if captions.get(key):
+            return captions[key]
+    return default
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mm_classifier.predict", description="Predict the concepts in photos (and captions)."
     )
     parser.add_argument("--model", default="outputs/fusion", help="model folder or hub id (default: %(default)s)")
-    parser.add_argument("photos", nargs="*", help="photo files")
-    parser.add_argument("--caption", default=None, help="a caption, used for every photo")
+    parser.add_argument("photos", nargs="*", help="photo files (default with --captions-csv: the photos it lists)")
+    parser.add_argument("--caption", default=None,
+                        help="a caption for every photo (with --captions-csv: for the photos it does not list)")
+    parser.add_argument("--captions-csv", type=Path, default=None,
+                        help="per-photo captions: a CSV with the header file_name,caption; photos are matched by "
+                             "file name, and without photo arguments the listed photos are read from its folder")
     parser.add_argument("--threshold", type=float, default=None, help="one threshold for all concepts")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write one figure per photo here")
+    parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                        help="write one explanation figure per photo here (heat maps, word contributions)")
     return parser
+
+
+def _inputs(args) -> list[tuple[str | None, str | None]]:
+    """(photo, caption) pairs to predict, from the photo arguments, --captions-csv and --caption."""
+    if args.captions_csv is None:
+        return [(p, args.caption) for p in args.photos] or [(None, args.caption)]
+    captions = read_captions_csv(args.captions_csv)
+    if args.photos:
+        return [(p, caption_for(p, captions, args.caption)) for p in args.photos]
+    folder = args.captions_csv.parent
+    return [(str(folder / name), caption or args.caption) for name, caption in captions.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.photos and args.caption is None:
-        print("error: give at least one photo or --caption", file=sys.stderr)
+    if not args.photos and args.caption is None and args.captions_csv is None:
+        print("error: give at least one photo, --caption or --captions-csv", file=sys.stderr)
         return 2
+    # Loading a model folder takes a moment, not a progress bar's worth (transformers shows one per load).
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     try:
+        inputs = _inputs(args)
         predictor = Predictor.from_pretrained(args.model)
     except MMClassifierError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    inputs = [(p, args.caption) for p in args.photos] or [(None, args.caption)]
     records, failures = [], 0
     for photo, caption in inputs:
         try:
             image = load_image(photo) if photo is not None else None
             prediction = predictor.predict(image, caption, thresholds=args.threshold)[0]
+            explanation = None
+            if args.explain is not None and image is not None:
+                top = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
+                explanation = predictor.explain(image, caption, concepts=top[:EXPLAINED_CONCEPTS])
         except MMClassifierError as err:
             failures += 1
             print(f"{photo}: skipped: {err}", file=sys.stderr)
@@ -219,18 +301,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plot_dir is not None and image is not None:
             from .plots import plot_prediction
 
-            args.plot_dir.mkdir(parents=True, exist_ok=True)
-            figure = plot_prediction(image, prediction, caption)
-            figure.savefig(args.plot_dir / f"{Path(photo).stem}.png", dpi=100)
-            import matplotlib.pyplot as plt
+            _save_figure(plot_prediction(image, prediction, caption, thresholds=_cutoffs(predictor, args.threshold)),
+                         args.plot_dir / f"{Path(photo).stem}.png")
+        if explanation is not None:
+            from .plots import plot_explanation
 
-            plt.close(figure)
+            _save_figure(plot_explanation(image, explanation, thresholds=_cutoffs(predictor, args.threshold)),
+                         args.explain / f"{Path(photo).stem}.png")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=2) + "\n")
     if failures and not records:
         return 1
     return 0
+
+
+def _cutoffs(predictor: Predictor, threshold: float | None) -> dict[str, float]:
+    return dict(zip(predictor.concepts, predictor._thresholds(threshold), strict=True))
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_bad_photos_are_skipped_and_counted(tmp_path):
 def test_errors_when_nothing_usable(tmp_path):
     with pytest.raises(MMClassifierError, match="does not exist"):
         load_flickr8k(tmp_path / "nope")
-    with pytest.raises(MMClassifierError, match="holds no Flickr8k data"):
+    with pytest.raises(MMClassifierError, match="holds no data set"):
         load_flickr8k(tmp_path)
     (tmp_path / "captions.txt").write_text("image,caption\n")
     with pytest.raises(MMClassifierError, match="no photo folder"):
@@ -174,7 +174,7 @@ def test_builtin_sample_generates_quickly_and_caches():
 def test_a_new_layout_is_one_reader_and_one_table_line(tmp_path, monkeypatch):
     """A toy layout (photos/ + captions.json with its own split) goes through the same checks as the built-in ones."""
 
-    def read_toy(folder):
+    def read_toy(folder, source):
         captions = json.loads((folder / "captions.json").read_text())
         images = {p.name: p for p in (folder / "photos").iterdir()}
         own_split = {"train": ["a.png", "b.png", "c.png"], "validation": ["d.png"], "test": ["e.png", "ghost.png"]}
