@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from types import SimpleNamespace
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -420,42 +421,44 @@ class PhotoInput(gr.Image):
         return "image"  # the same front end as gr.Image
 
 
-def build_demo(predictor: Predictor, examples: list[list] | None = None, info: ModelInfo | None = None,
-               examples_label: str = "Examples") -> gr.Blocks:
-    """The page wired to :func:`predict`, :func:`explain` and :func:`predict_batch`; launch it yourself
-    (``build_demo(p).launch(**LAUNCH_OPTIONS)``)."""
-    info = info or describe_model(predictor)
-    downloads = Path(tempfile.mkdtemp(prefix="mm_classifier_batch_"))
+class Handlers:
+    """The page's event handlers: the pure core's results as Gradio values, user mistakes as ``gr.Error``."""
 
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.downloads = Path(tempfile.mkdtemp(prefix="mm_classifier_batch_"))
+
+    @staticmethod
     def user_error(err: MMClassifierError, photo=None) -> gr.Error:
         message = str(err).replace(str(photo), "The uploaded photo") if photo else str(err)
         return gr.Error(message, print_exception=False)
 
+    @staticmethod
     def threshold_or_none(threshold):  # the slider's 0 keeps each concept's tuned threshold
         return threshold if threshold and threshold > 0 else None
 
-    def run_predict(photo, caption, threshold=0):
+    def predict(self, photo, caption, threshold=0):
         try:
-            prediction = predict(predictor, photo, caption, threshold_or_none(threshold))
+            prediction = predict(self.predictor, photo, caption, self.threshold_or_none(threshold))
         except MMClassifierError as err:
-            raise user_error(err, photo) from None
-        return concept_view(predictor, prediction, threshold_or_none(threshold)), summary(prediction)
+            raise self.user_error(err, photo) from None
+        return concept_view(self.predictor, prediction, self.threshold_or_none(threshold)), summary(prediction)
 
-    def run_explain(photo, caption, threshold=0, concept=None):
+    def explain(self, photo, caption, threshold=0, concept=None):
         try:
-            result = explain(predictor, photo, caption, concept or None, threshold_or_none(threshold))
+            result = explain(self.predictor, photo, caption, concept or None, self.threshold_or_none(threshold))
         except MMClassifierError as err:
-            raise user_error(err, photo) from None
+            raise self.user_error(err, photo) from None
         overlay = None if result.heatmap is None else heatmap_overlay(result.image, result.heatmap, *SHOWN_SIDE)
         # Plain values, no gr.update: the API returns them as they are.
         return result.concept, overlay, highlighted_words(result.words), result.bars, summary(result.prediction)
 
-    def run_batch(files, caption, captions_file, threshold=0):
+    def batch(self, files, caption, captions_file, threshold=0):
         try:
-            result = predict_batch(predictor, files, caption, captions_file, threshold_or_none(threshold))
+            result = predict_batch(self.predictor, files, caption, captions_file, self.threshold_or_none(threshold))
         except MMClassifierError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        csv_path, json_path = write_batch_files(result, predictor.concepts, downloads / uuid.uuid4().hex)
+        csv_path, json_path = write_batch_files(result, self.predictor.concepts, self.downloads / uuid.uuid4().hex)
         answered = sum(row.prediction is not None for row in result.rows)
         status = f"{answered} of {len(result.rows)} photos answered."
         if answered < len(result.rows):
@@ -465,13 +468,101 @@ def build_demo(predictor: Predictor, examples: list[list] | None = None, info: M
             status += "…" if len(result.unmatched) > 5 else "."
         return batch_table(result), [str(csv_path), str(json_path)], status
 
+    @staticmethod
     def check_upload(photo):
         problem = upload_problem(photo)
         if problem is None:
             return gr.Image(), gr.Markdown(visible=False)
         return gr.Image(value=None), gr.Markdown(f"**Not a usable photo.** {problem}", visible=True)
 
-    config = predictor.model.config
+
+def one_photo_tab(concepts: list[str], examples, examples_label: str) -> SimpleNamespace:
+    """The "One photo" tab's components: inputs on the left, concepts and their explanation on the right."""
+    ui = SimpleNamespace()
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=300):
+            ui.photo = PhotoInput(type="filepath", sources=["upload", "webcam", "clipboard"],
+                                  label="Photo (JPEG, PNG, WebP)", elem_classes="photo-input", height=320,
+                                  image_mode=None)  # our load_image converts; no second decode
+            ui.notice = gr.Markdown(visible=False, elem_id="upload-notice", elem_classes="upload-notice")
+            ui.caption = gr.Textbox(label="Caption (optional)", placeholder="a dog runs through the snow",
+                                    lines=2, max_length=MAX_CAPTION_CHARS)
+            ui.threshold = gr.Slider(0, 1, value=0, step=0.05, label="Threshold (0 = each concept's tuned threshold)")
+            with gr.Row():
+                ui.submit = gr.Button("Predict", variant="primary")
+                ui.explain_button = gr.Button("Explain")
+        with gr.Column(min_width=300):
+            ui.summary = gr.Textbox(label="Summary", interactive=False)
+            with gr.Tabs(selected="concepts") as ui.result_tabs:
+                with gr.Tab("Concepts", id="concepts"):
+                    ui.bars = gr.HTML(None, html_template=CONCEPT_BARS, css_template=BARS_CSS, js_on_load=None,
+                                      elem_id="concept-bars")
+                with gr.Tab("Explain", id="explain"):
+                    ui.concept = gr.Dropdown(concepts, value=None, label="Concept to explain",
+                                             info="Default: the most probable one")
+                    ui.heatmap = gr.Image(label="Where the photo shows it (red: strongest)", type="pil",
+                                          interactive=False, elem_classes="heatmap", height=320)
+                    ui.words = gr.HighlightedText(label="Caption words: red ones raise the concept's probability, "
+                                                        "purple ones lower it", show_legend=False,
+                                                  elem_id="caption-words")
+                    ui.three_way = gr.HTML(None, html_template=THREE_WAY_BARS, css_template=BARS_CSS,
+                                           js_on_load=None, elem_id="three-way-bars")
+    ui.examples = None
+    if examples:
+        ui.examples = gr.Examples(examples, [ui.photo, ui.caption], label=examples_label,
+                                  examples_per_page=EXAMPLES_SHOWN, elem_id="examples")
+    return ui
+
+
+def batch_tab() -> SimpleNamespace:
+    """The "Batch" tab's components: photos and captions in, a table and its downloads out."""
+    ui = SimpleNamespace()
+    gr.Markdown(f"Up to {MAX_BATCH_PHOTOS} photos. Captions: one for all, or a CSV with the header "
+                "`file_name,caption` (photos it does not list take the one for all, or none).")
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=300):
+            ui.photos = gr.File(label="Photos", file_count="multiple", file_types=["image"], elem_id="batch-photos")
+            ui.caption = gr.Textbox(label="Caption for all (optional)", lines=1, max_length=MAX_CAPTION_CHARS)
+            ui.captions = gr.File(label="Captions CSV (optional): file_name,caption", file_types=[".csv", ".txt"],
+                                  elem_id="batch-captions")
+            ui.button = gr.Button("Predict all", variant="primary")
+        with gr.Column(min_width=300):
+            ui.status = gr.Markdown(elem_id="batch-status")
+            ui.table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True, label="Concepts per photo",
+                                    elem_id="batch-table", column_widths=["28%", "28%", "44%"])
+            ui.files = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False,
+                               elem_id="batch-downloads")
+    return ui
+
+
+def wire_events(handlers: Handlers, one: SimpleNamespace, batch: SimpleNamespace) -> None:
+    """Connect the components to the handlers; the named ones are the app's API."""
+    # Every event that runs the model shares one concurrency group: CONCURRENCY model runs at a time in all.
+    model = {"concurrency_id": "model"}
+    one.photo.upload(handlers.check_upload, one.photo, [one.photo, one.notice], api_visibility="private", **model)
+    one.photo.clear(lambda: gr.Markdown(visible=False), None, one.notice, api_visibility="private", queue=False)
+    predicted = [one.photo, one.caption, one.threshold], [one.bars, one.summary]
+    one.submit.click(handlers.predict, *predicted, api_name="predict", **model)
+    one.caption.submit(handlers.predict, *predicted, api_visibility="private", **model)
+    if one.examples is not None:  # an example click runs the prediction at once
+        one.examples.load_input_event.then(handlers.predict, *predicted, api_visibility="private", **model)
+    explained = [one.concept, one.heatmap, one.words, one.three_way, one.summary]
+    one.explain_button.click(handlers.explain, [one.photo, one.caption, one.threshold], explained,
+                             api_name="explain", **model)
+    one.concept.input(handlers.explain, [one.photo, one.caption, one.threshold, one.concept], explained,
+                      api_visibility="private", **model)
+    for button, tab in ((one.submit, "concepts"), (one.explain_button, "explain")):
+        button.click(lambda tab=tab: gr.Tabs(selected=tab), None, one.result_tabs, api_visibility="private",
+                     queue=False)
+    batch.button.click(handlers.batch, [batch.photos, batch.caption, batch.captions, one.threshold],
+                       [batch.table, batch.files, batch.status], api_name="predict_batch", **model)
+
+
+def build_demo(predictor: Predictor, examples: list[list] | None = None, info: ModelInfo | None = None,
+               examples_label: str = "Examples") -> gr.Blocks:
+    """The page wired to :func:`predict`, :func:`explain` and :func:`predict_batch`; launch it yourself
+    (``build_demo(p).launch(**LAUNCH_OPTIONS)``)."""
+    info = info or describe_model(predictor)
     with gr.Blocks(title="mm_classifier", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# mm_classifier\nWhich concepts are in the scene? Give a photo, a caption, or both: each "
                     f"concept gets a probability, and every concept at or above its threshold is found (a scene "
@@ -481,77 +572,10 @@ def build_demo(predictor: Predictor, examples: list[list] | None = None, info: M
             gr.Markdown(note, elem_id="sample-note", elem_classes="sample-note")
         with gr.Tabs():
             with gr.Tab("One photo", id="one"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(min_width=300):
-                        photo = PhotoInput(type="filepath", sources=["upload", "webcam", "clipboard"],
-                                           label="Photo (JPEG, PNG, WebP)", elem_classes="photo-input", height=320,
-                                           image_mode=None)  # our load_image converts; no second decode
-                        notice = gr.Markdown(visible=False, elem_id="upload-notice", elem_classes="upload-notice")
-                        caption = gr.Textbox(label="Caption (optional)", placeholder="a dog runs through the snow",
-                                             lines=2, max_length=MAX_CAPTION_CHARS)
-                        threshold = gr.Slider(0, 1, value=0, step=0.05,
-                                              label="Threshold (0 = each concept's tuned threshold)")
-                        with gr.Row():
-                            submit = gr.Button("Predict", variant="primary")
-                            explain_button = gr.Button("Explain")
-                    with gr.Column(min_width=300):
-                        result_summary = gr.Textbox(label="Summary", interactive=False)
-                        with gr.Tabs(selected="concepts") as result_tabs:
-                            with gr.Tab("Concepts", id="concepts"):
-                                bars = gr.HTML(None, html_template=CONCEPT_BARS, css_template=BARS_CSS,
-                                               js_on_load=None, elem_id="concept-bars")
-                            with gr.Tab("Explain", id="explain"):
-                                concept = gr.Dropdown(config.concepts, value=None, label="Concept to explain",
-                                                      info="Default: the most probable one")
-                                heatmap = gr.Image(label="Where the photo shows it (red: strongest)", type="pil",
-                                                   interactive=False, elem_classes="heatmap", height=320)
-                                words = gr.HighlightedText(label="Caption words: red ones raise the concept's "
-                                                                 "probability, purple ones lower it", show_legend=False,
-                                                           elem_id="caption-words")
-                                three_way = gr.HTML(None, html_template=THREE_WAY_BARS, css_template=BARS_CSS,
-                                                    js_on_load=None, elem_id="three-way-bars")
-                shown_examples = None
-                if examples:
-                    shown_examples = gr.Examples(examples, [photo, caption], label=examples_label,
-                                                 examples_per_page=EXAMPLES_SHOWN, elem_id="examples")
+                one = one_photo_tab(predictor.model.config.concepts, examples, examples_label)
             with gr.Tab("Batch", id="batch"):
-                gr.Markdown(f"Up to {MAX_BATCH_PHOTOS} photos. Captions: one for all, or a CSV with the header "
-                            "`file_name,caption` (photos it does not list take the one for all, or none).")
-                with gr.Row(equal_height=False):
-                    with gr.Column(min_width=300):
-                        batch_photos = gr.File(label="Photos", file_count="multiple", file_types=["image"],
-                                               elem_id="batch-photos")
-                        batch_caption = gr.Textbox(label="Caption for all (optional)", lines=1,
-                                                   max_length=MAX_CAPTION_CHARS)
-                        batch_captions = gr.File(label="Captions CSV (optional): file_name,caption",
-                                                 file_types=[".csv", ".txt"], elem_id="batch-captions")
-                        batch_button = gr.Button("Predict all", variant="primary")
-                    with gr.Column(min_width=300):
-                        batch_status = gr.Markdown(elem_id="batch-status")
-                        table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True,
-                                             label="Concepts per photo", elem_id="batch-table",
-                                             column_widths=["28%", "28%", "44%"])
-                        batch_files = gr.File(label="Download (CSV, JSON)", file_count="multiple",
-                                              interactive=False, elem_id="batch-downloads")
-
-        # Every event that runs the model shares one concurrency group: CONCURRENCY model runs at a time in all.
-        model = {"concurrency_id": "model"}
-        photo.upload(check_upload, photo, [photo, notice], api_visibility="private", **model)
-        photo.clear(lambda: gr.Markdown(visible=False), None, notice, api_visibility="private", queue=False)
-        predicted = [photo, caption, threshold], [bars, result_summary]
-        submit.click(run_predict, *predicted, api_name="predict", **model)
-        caption.submit(run_predict, *predicted, api_visibility="private", **model)
-        if shown_examples is not None:  # an example click runs the prediction at once
-            shown_examples.load_input_event.then(run_predict, *predicted, api_visibility="private", **model)
-        explained = [concept, heatmap, words, three_way, result_summary]
-        explain_button.click(run_explain, [photo, caption, threshold], explained, api_name="explain", **model)
-        concept.input(run_explain, [photo, caption, threshold, concept], explained, api_visibility="private",
-                      **model)
-        for button, tab in ((submit, "concepts"), (explain_button, "explain")):
-            button.click(lambda tab=tab: gr.Tabs(selected=tab), None, result_tabs, api_visibility="private",
-                         queue=False)
-        batch_button.click(run_batch, [batch_photos, batch_caption, batch_captions, threshold],
-                           [table, batch_files, batch_status], api_name="predict_batch", **model)
+                batch = batch_tab()
+        wire_events(Handlers(predictor), one, batch)
     return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
