@@ -17,9 +17,9 @@ import socket
 import sys
 import tempfile
 import uuid
-from types import SimpleNamespace
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 

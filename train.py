@@ -19,7 +19,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
-from mm_classifier import CONCEPT_LEXICON, MMClassifierError, MultiModalClassifier, MultiModalConfig, MultiModalProcessor
+from mm_classifier import (
+    CONCEPT_LEXICON,
+    MMClassifierError,
+    MultiModalClassifier,
+    MultiModalConfig,
+    MultiModalProcessor,
+)
 from mm_classifier.data import add_source_arguments, check_source, source_from_args
 from mm_classifier.evaluation import write_pipeline_report
 from mm_classifier.fusion import FUSION_TYPES
@@ -28,8 +34,16 @@ from mm_classifier.labels import load_concept_file
 from mm_classifier.metrics import compute_metrics
 from mm_classifier.pairs import SPLITS, PairCollator, PhotoInput, load_training_data, photo_rows
 from mm_classifier.training import (
-    TrainState, dataloaders, describe_training, optimizer_and_schedule, predict, resume, save_stage, split_inputs,
-    train_epoch, tune_and_score,
+    TrainState,
+    dataloaders,
+    describe_training,
+    optimizer_and_schedule,
+    predict,
+    resume,
+    save_stage,
+    split_inputs,
+    train_epoch,
+    tune_and_score,
 )
 
 STAGES = ("image", "text", "fusion")
@@ -67,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--modality", choices=STAGES, help="train only this model (default: all three)")
     model.add_argument("--backbone", help="timm model (default: mobilenetv2_100; the sample: test_efficientnet)")
     model.add_argument("--backbone-pad-type", help="timm pad_type, e.g. 'same' for TensorFlow weights")
-    model.add_argument("--backbone-weights", type=Path, help="local safetensors backbone weights (implies --pretrained)")
+    model.add_argument("--backbone-weights", type=Path, help="local safetensors weights (implies --pretrained)")
     on_off = argparse.BooleanOptionalAction
     model.add_argument("--pretrained", action=on_off, help="pretrained backbone (default: on, off for the sample)")
     model.add_argument("--trainable-blocks", type=at_least(0), help="pretrained: train the last N blocks (default 0)")
@@ -257,7 +271,8 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
             push_folder(stage_dir, args.hub_model_id + suffix)
     accelerator.print(
         f"[{stage}] test micro-F1 {results['test_micro_f1']:.3f}, macro-F1 {results['test_macro_f1']:.3f}, "
-        f"mAP {results['test_mAP']:.3f} (best epoch {state.best_epoch}, {results['stage_seconds']:.0f} s) -> {stage_dir}"
+        f"mAP {results['test_mAP']:.3f} (best epoch {state.best_epoch}, {results['stage_seconds']:.0f} s) "
+        f"-> {stage_dir}"
     )
     accelerator.wait_for_everyone()
     accelerator.free_memory()  # forget this stage's prepared objects before the next stage

@@ -5,10 +5,11 @@
 Each RUN_DIR is the output folder of a finished three-stage `python train.py` run (image/, text/, fusion/). For
 each seed, the run's image-only and text-only models are copied into a new folder, and `train.py
 --resume-from-checkpoint latest` trains only the fusion stage again on them: with the run's own arguments (from
-its training_args.json, which records them as given), on the run's split (`--split-seed`), with `--seed` set to the new seed. The data, the
-split and both single-modality models stay the same; only the fusion stage's initialisation, dropout draws and
-batch order change. The run's own seed reproduces the run's fusion model. Arguments after `--` go to train.py
-after the run's own, so they override them (to compare a setting of the fusion stage on the same models).
+its training_args.json, which records them as given), on the run's split (`--split-seed`), with `--seed` set to
+the new seed. The data, the split and both single-modality models stay the same; only the fusion stage's
+initialisation, dropout draws and batch order change. The run's own seed reproduces the run's fusion model.
+Arguments after `--` go to train.py after the run's own, so they override them (to compare a setting of the fusion
+stage on the same models).
 """
 
 import argparse

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import datasets
 import numpy as np
@@ -45,11 +45,6 @@ def _column_chunks(table: datasets.Dataset, column: str) -> list[np.ndarray]:
             values = values.flatten()
         chunks.append(values.to_numpy(zero_copy_only=False))
     return chunks
-
-
-def _column_array(table: datasets.Dataset, column: str, dtype) -> np.ndarray:
-    """The column as one flat numpy array (a copy)."""
-    return np.concatenate(_column_chunks(table, column)).astype(dtype, copy=False)
 
 
 class PhotoTable:
@@ -106,7 +101,7 @@ def photos_key(photos: datasets.Dataset) -> str:
     paths = images.field("path").to_pylist()
     embedded = pc.fill_null(pc.greater(pc.binary_length(images.field("bytes")), 0), False).to_pylist()
     files = []
-    for path, has_bytes in zip(paths, embedded):
+    for path, has_bytes in zip(paths, embedded, strict=True):
         if path and not has_bytes and os.path.isfile(path):
             stat = os.stat(path)
             files.append((path, stat.st_size, int(stat.st_mtime)))
@@ -168,7 +163,7 @@ def cached_frozen_features(
     device: torch.device | str = "cpu",
     num_photos: int | None = None,
     mirror: bool = False,
-) -> torch.Tensor:
+) -> PhotoTable:
     """``model.image_encoder.frozen_features`` of every photo, cached on disk in float16.
 
     Args:
@@ -180,7 +175,8 @@ def cached_frozen_features(
         mirror: of the photos' mirror images (flipped left to right) instead, cached apart.
 
     Returns:
-        float16 tensor: (P, F) or (P, C, h, w).
+        A :class:`PhotoTable` of float16 rows, (F,) or (C, h, w) each, on the memory-mapped cache file: a split's
+        features are read a batch at a time, never held whole in memory.
 
     The model's image encoder is moved to ``device`` (where training will use it anyway).
     """
@@ -221,6 +217,5 @@ def cached_frozen_features(
         )
     finally:
         encoder.train(was_training)
-    shape = cached[0]["shape"]
-    return torch.from_numpy(_column_array(cached, "features", np.float16)).view(num_photos, *shape)
+    return PhotoTable(cached, "features", tuple(cached[0]["shape"]), np.float16)
 

@@ -33,7 +33,9 @@ class GatedFusion(nn.Module):
     per example and dimension, how much the photo rather than the caption decides.
     """
 
-    description = "a gated multimodal unit (a learned per-dimension gate between the two embeddings), then fully connected layers"
+    description = (
+        "a gated multimodal unit (a learned per-dimension gate between the two embeddings), then fully connected layers"
+    )
 
     def __init__(self, image_dim: int, text_dim: int):
         super().__init__()

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import MMClassifierError
 

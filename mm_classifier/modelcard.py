@@ -49,6 +49,20 @@ def _hub_dataset(dataset: str) -> str | None:
     return "flickr8k"
 
 
+def labelling(config) -> str:
+    """How the training pairs were labelled: mined from captions leave-one-out, or given with the data."""
+    if config.concept_words is None:
+        return (
+            "The labels were given with the data (a labels column): every caption of a photo is paired with the "
+            "photo's labels,\nso no caption decides a label."
+        )
+    return (
+        f"A photo has a concept when at least {config.min_votes} of its captions name it (words per concept are in\n"
+        "`config.json`, `concept_words`). Training and test pairs are labelled leave-one-out: a caption never "
+        "decides\nits own label, so a caption-reading model cannot just spot keywords."
+    )
+
+
 def write_model_card(directory: Path, config, results: dict, dataset: str) -> None:
     """Write the model card ``README.md`` into a saved model's folder.
 
@@ -81,9 +95,7 @@ Backbone `{config.backbone}` at {config.image_size} px{mirror}; word-level BiLST
 
 {", ".join(f"`{c}` (threshold {t:.2f})" for c, t in zip(config.concepts, config.thresholds, strict=True))}
 
-A photo has a concept when at least {config.min_votes} of its captions name it (words per concept are in
-`config.json`, `concept_words`). Training and test pairs are labelled leave-one-out: a caption never decides
-its own label, so a caption-reading model cannot just spot keywords.
+{labelling(config)}
 
 ## Data
 
@@ -123,9 +135,9 @@ print(predictor.predict(["photo.jpg"], ["a dog runs on the beach"])[0].predicted
 ## Intended use and limits
 
 For teaching and demos of multimodal, multi-label classification. Concepts and their frequencies come from
-Flickr8k captions: everyday scenes of people, dogs and outdoor places; other photos are out of domain. Labels
-are what captioners chose to mention, not exhaustive annotations, so "not predicted" does not mean "absent".
-Person concepts (man, woman, boy, girl) reflect captioners' judgements and are hard to tell from pixels; do not
-use this model to make decisions about people.
+the training data (`{dataset}`); photos unlike it are out of domain. Labels are what the data's captioners or
+labellers chose to mention, not exhaustive annotations, so "not predicted" does not mean "absent". Concepts about
+people (man, woman, boy, girl) reflect their judgements and are hard to tell from pixels; do not use this model to
+make decisions about people.
 """
     (Path(directory) / "README.md").write_text(card)

@@ -7,16 +7,16 @@ import os
 from dataclasses import dataclass
 
 import timm
-from timm.models.efficientnet import EfficientNet
 import torch
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultiModalConfig
-from .fusion import build_fusion
 from .errors import MMClassifierError
+from .fusion import build_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ class ImageEncoder(nn.Module):
             )
         n = self.num_blocks
         if not all(-n <= b < n for b in blocks):
-            raise MMClassifierError(f"image_feature_blocks {list(blocks)}: the backbone has blocks 0 to {n - 1} (or -{n} to -1).")
+            raise MMClassifierError(
+                f"image_feature_blocks {list(blocks)}: the backbone has blocks 0 to {n - 1} (or -{n} to -1)."
+            )
         return sorted(b % n for b in blocks)
 
     def _freeze_unused_layers(self) -> None:
@@ -183,7 +185,9 @@ class ImageEncoder(nn.Module):
                 f"{type(self.backbone).__name__} cannot be cut between blocks. Use 0 (frozen) or train it whole."
             )
         if not 0 <= trainable_blocks <= self.num_blocks:
-            raise MMClassifierError(f"trainable_blocks must be between 0 and {self.num_blocks}, got {trainable_blocks}.")
+            raise MMClassifierError(
+                f"trainable_blocks must be between 0 and {self.num_blocks}, got {trainable_blocks}."
+            )
         first_trainable = self.num_blocks - trainable_blocks
         if trainable_blocks and self.feature_blocks and self.feature_blocks[0] < first_trainable - 1:
             raise MMClassifierError(

@@ -39,7 +39,8 @@ class PairTable(torch.utils.data.Dataset):
     """
 
     def __init__(self, photo_index, input_ids, attention_mask, labels):
-        self.photo_index, self.input_ids, self.attention_mask, self.labels = photo_index, input_ids, attention_mask, labels
+        self.photo_index, self.input_ids, self.attention_mask = photo_index, input_ids, attention_mask
+        self.labels = labels
 
     def __len__(self):
         return len(self.labels)
@@ -62,7 +63,9 @@ class Split:
     pairs: PairTable
 
 
-def pair_tables(photos: datasets.DatasetDict, pairs: datasets.DatasetDict, processor: MultiModalProcessor) -> dict[str, Split]:
+def pair_tables(
+    photos: datasets.DatasetDict, pairs: datasets.DatasetDict, processor: MultiModalProcessor
+) -> dict[str, Split]:
     """Photo rows and labelled pair rows (from ``data.to_pairs``) -> a :class:`Split` per split."""
     num_concepts = len(pairs["train"].features["labels"].feature.names)
     return {split: Split(photos[split], _pair_table(photos[split], pairs[split], processor, num_concepts))

@@ -8,10 +8,10 @@ import json
 import logging
 import os
 import sys
-import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,11 +21,6 @@ from .processing import MultiModalProcessor, load_image
 
 if TYPE_CHECKING:
     from .explain import Explanation
-
-# `python -m mm_classifier.predict` runs this module a second time as __main__ after the package's __init__ has
-# imported it; runpy then warns about that on every run, although the CLI (main below) is self-contained. The
-# filter is added at import, before runpy warns, and matches that one message only.
-warnings.filterwarnings("ignore", message=r"'mm_classifier\.predict' found in sys\.modules", category=RuntimeWarning)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +77,7 @@ class Predictor:
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, device: str | None = None) -> "Predictor":
+    def from_pretrained(cls, model: str | os.PathLike, device: str | None = None) -> Predictor:
         """Load from a folder written by ``train.py`` / :meth:`save_pretrained`, or a hub id.
 
         Only ``config.json``, ``processor_config.json``, the tokenizer's JSON and ``model.safetensors`` are read,
@@ -163,8 +158,8 @@ class Predictor:
                 captions[start:end] if captions is not None else None,
             )
             for row in torch.sigmoid(logits).cpu().tolist():
-                probabilities = dict(zip(self.concepts, row))
-                predicted = [c for c, p, t in zip(self.concepts, row, cutoffs) if p >= t]
+                probabilities = dict(zip(self.concepts, row, strict=True))
+                predicted = [c for c, p, t in zip(self.concepts, row, cutoffs, strict=True) if p >= t]
                 predicted.sort(key=lambda c: -probabilities[c])
                 results.append(Prediction(probabilities, predicted))
         return results

@@ -6,8 +6,9 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,7 +206,7 @@ class MultiModalProcessor(ProcessorMixin):
         self._encoder, self._encoder_for = None, None  # see _fast_encoder
 
     @classmethod
-    def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> "MultiModalProcessor":
+    def from_config(cls, config, tokenizer: PreTrainedTokenizerBase | None = None) -> MultiModalProcessor:
         """A processor matching a model config's image size, normalisation and caption length."""
         image_processor = MultiModalImageProcessor(config.image_size, config.image_mean, config.image_std)
         return cls(tokenizer, image_processor, config.max_length)
@@ -271,7 +272,9 @@ class MultiModalProcessor(ProcessorMixin):
             rows = encoder.encode_batch(text)
             encoded = {
                 "input_ids": torch.tensor([row.ids for row in rows], dtype=torch.long).view(len(rows), -1),
-                "attention_mask": torch.tensor([row.attention_mask for row in rows], dtype=torch.long).view(len(rows), -1),
+                "attention_mask": torch.tensor([row.attention_mask for row in rows], dtype=torch.long).view(
+                    len(rows), -1
+                ),
             }
         else:
             encoded = self.tokenizer(

@@ -23,7 +23,6 @@ from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs
 from .plots import plot_learning_curves
 from .thresholds import select_threshold_shrinkage, tune_thresholds
 
-
 # --------------------------------------------------------------------------------------------- state
 
 
@@ -108,13 +107,16 @@ def frozen_embeds(encoder, encode, inputs: list, device, batch_size: int = 256) 
     encoder.eval()  # a frozen encoder already is; its embedding must not depend on dropout draws
     try:
         return torch.cat([
-            encode(*(t[s : s + batch_size].to(device) for t in inputs)).cpu() for s in range(0, len(inputs[0]), batch_size)
+            encode(*(t[s : s + batch_size].to(device) for t in inputs)).cpu()
+            for s in range(0, len(inputs[0]), batch_size)
         ])
     finally:
         encoder.train(was_training)
 
 
-def split_inputs(model, processor, split: Split, photo_input: PhotoInput | None, device, num_proc: int | None) -> SplitInputs:
+def split_inputs(
+    model, processor, split: Split, photo_input: PhotoInput | None, device, num_proc: int | None
+) -> SplitInputs:
     """What a split's batches read, computed once per stage: the photos' pixels, their cached frozen features
     (and their mirror images'), or a frozen image encoder's embeddings; a frozen text encoder's caption embeddings.
 
@@ -125,7 +127,8 @@ def split_inputs(model, processor, split: Split, photo_input: PhotoInput | None,
         inputs.photos, inputs.mirrored = _photo_tables(model, processor, split.photos, photo_input, device, num_proc)
     if "text" in model.frozen_encoders:
         pairs = split.pairs
-        inputs.text_embeds = frozen_embeds(model.text_encoder, model.encode_text, [pairs.input_ids, pairs.attention_mask], device)
+        text = [pairs.input_ids, pairs.attention_mask]
+        inputs.text_embeds = frozen_embeds(model.text_encoder, model.encode_text, text, device)
     return inputs
 
 
@@ -257,7 +260,9 @@ def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, conce
         **{f"test_{k}": v for k, v in summary(compute_metrics(test_probs, test_labels, thresholds, concepts)).items()},
         "threshold_shrinkage": shrinkage if math.isfinite(shrinkage) else "shared",
         # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
-        "threshold_shrinkage_cv_micro_f1": {str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()},
+        "threshold_shrinkage_cv_micro_f1": {
+            str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()
+        },
     }
 
 

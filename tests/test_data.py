@@ -9,7 +9,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from mm_classifier import DataWarning, MMClassifierError, data, load_flickr8k, to_pairs
+from mm_classifier import DataWarning, MMClassifierError, data, load_flickr8k, sources, to_pairs
+from mm_classifier.photo_rows import FoundPhotos, SplitList
 from mm_classifier.sample import generate_sample
 
 
@@ -178,11 +179,11 @@ def test_a_new_layout_is_one_reader_and_one_table_line(tmp_path, monkeypatch):
         captions = json.loads((folder / "captions.json").read_text())
         images = {p.name: p for p in (folder / "photos").iterdir()}
         own_split = {"train": ["a.png", "b.png", "c.png"], "validation": ["d.png"], "test": ["e.png", "ghost.png"]}
-        splits = {split: data.SplitList("captions.json", names) for split, names in own_split.items()}
-        return data.FoundPhotos(captions, images, "captions.json", "photos/", splits=splits)
+        splits = {split: SplitList("captions.json", names) for split, names in own_split.items()}
+        return FoundPhotos(captions, images, "captions.json", "photos/", splits=splits)
 
-    toy = data.Layout("toy layout (captions.json)", lambda path: (path / "captions.json").is_file(), read_toy)
-    monkeypatch.setattr(data, "LAYOUTS", (*data.LAYOUTS, toy))
+    toy = sources.Layout("toy layout (captions.json)", lambda path: (path / "captions.json").is_file(), read_toy)
+    monkeypatch.setattr(sources, "LAYOUTS", (*sources.LAYOUTS, toy))
     (tmp_path / "photos").mkdir()
     for name in "abcde":
         Image.new("RGB", (8, 8), "blue").save(tmp_path / "photos" / f"{name}.png")

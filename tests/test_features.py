@@ -59,7 +59,9 @@ def test_cached_frozen_features_never_load_the_pixels_again(photos):
         calls.append(1)
         return pixels
 
-    built = cached_frozen_features(load, key, model, processor, num_photos=len(photos))
+    table = cached_frozen_features(load, key, model, processor, num_photos=len(photos))
+    assert isinstance(table, PhotoTable)  # rows read from the memory-mapped cache file, a batch at a time
+    built = table.tensor()
     assert calls == [1]  # a cache miss loads the pixels once
     expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()))
     torch.testing.assert_close(built.float(), expected, atol=1e-2, rtol=1e-2)  # stored in float16
@@ -67,20 +69,23 @@ def test_cached_frozen_features_never_load_the_pixels_again(photos):
     def must_not_load():
         raise AssertionError("the pixels were loaded although the outputs are cached")
 
-    assert torch.equal(cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)), built)
-    assert torch.equal(cached_frozen_features(pixels, key, model, processor), built)  # a tensor finds the same cache
+    assert torch.equal(
+        cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)).tensor(), built
+    )
+    # a tensor of pixels finds the same cache
+    assert torch.equal(cached_frozen_features(pixels, key, model, processor).tensor(), built)
     with pytest.raises(TypeError, match="num_photos"):
-        cached_frozen_features(load, key, model, processor)
+        cached_frozen_features(load, key, model, processor).tensor()
 
     # Other backbone weights are another cache entry: the outputs are computed again.
     other = tiny_model()
     with torch.no_grad():
         other.image_encoder.backbone.conv_stem.weight.mul_(2)
-    rebuilt = cached_frozen_features(load, key, other, processor, num_photos=len(photos))
+    rebuilt = cached_frozen_features(load, key, other, processor, num_photos=len(photos)).tensor()
     assert calls == [1, 1] and not torch.equal(rebuilt, built)
     # So is another frozen part: with the last block trainable, the map entering it is cached.
     model.freeze_backbone(1)
-    partial = cached_frozen_features(load, key, model, processor, num_photos=len(photos))
+    partial = cached_frozen_features(load, key, model, processor, num_photos=len(photos)).tensor()
     assert calls == [1, 1, 1] and partial.dim() == 4 and len(partial) == len(photos)
 
 
@@ -89,8 +94,8 @@ def test_mirror_images_outputs_are_cached_apart(photos):
     processor = MultiModalProcessor.from_config(model.config, None)
     pixels = photo_pixels(photos, processor)
     key = photos_key(photos) + "32-mirror-test"
-    plain = cached_frozen_features(pixels, key, model, processor)
-    mirrored = cached_frozen_features(pixels, key, model, processor, mirror=True)
+    plain = cached_frozen_features(pixels, key, model, processor).tensor()
+    mirrored = cached_frozen_features(pixels, key, model, processor, mirror=True).tensor()
     expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()).flip(-1))
     torch.testing.assert_close(mirrored.float(), expected, atol=1e-2, rtol=1e-2)
     assert not torch.equal(plain, mirrored)
@@ -99,6 +104,9 @@ def test_mirror_images_outputs_are_cached_apart(photos):
         raise AssertionError("the pixels were loaded although the outputs are cached")
 
     assert torch.equal(
-        cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos), mirror=True), mirrored
+        cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos), mirror=True).tensor(),
+        mirrored,
     )
-    assert torch.equal(cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)), plain)
+    assert torch.equal(
+        cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)).tensor(), plain
+    )

@@ -58,7 +58,8 @@ def test_gated_fusion_mixes_the_two_projections_with_a_per_dimension_gate():
 
 
 def test_an_unknown_fusion_type_is_refused_naming_the_known_ones():
-    with pytest.raises(ValueError, match=r"fusion_type = 'attention' is invalid: expected one of \['concat', 'gated'\]"):
+    expected = r"fusion_type = 'attention' is invalid: expected one of \['concat', 'gated'\]"
+    with pytest.raises(ValueError, match=expected):
         build_fusion(tiny_config(fusion_type="attention"))
     with pytest.raises(ValueError, match="MultiModalConfig.fusion_type"):
         tiny_config(fusion_type="")

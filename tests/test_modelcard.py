@@ -14,7 +14,8 @@ RESULTS = {
 def card_config(modality="fusion", fusion_type="concat", **overrides):
     config = MultiModalConfig(
         modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=50,
-        id2label={0: "dog", 1: "beach"}, thresholds=[0.25, 0.6], min_votes=3, **overrides,
+        id2label={0: "dog", 1: "beach"}, thresholds=[0.25, 0.6], min_votes=3,
+        **{"concept_words": {"dog": ["dog", "puppy"], "beach": ["beach"]}, **overrides},
     )
     config.fusion_type = fusion_type  # set after construction: the field may not exist in every checkout yet
     return config
@@ -91,6 +92,14 @@ def test_card_concepts_data_results_and_use(tmp_path):
     assert "| metric | value |\n|---|---:|\n| micro-F1 | 0.612 |\n| mAP | n/a |\n\n" in card
     assert "not_a_summary_metric" not in card
     assert "Best epoch 3 of 5; 42.0 s of training." in card
+
+
+def test_card_says_how_the_labels_were_made(tmp_path):
+    mined = model_card(tmp_path, card_config())
+    assert "labelled leave-one-out" in mined and "given with the data" not in mined
+    given = model_card(tmp_path, card_config(concept_words=None), dataset="shop/products.csv")
+    assert "The labels were given with the data" in given and "leave-one-out" not in given
+    assert "come from\nthe training data (`shop/products.csv`)" in given
 
 
 def test_card_of_an_incomplete_run_says_what_is_unknown(tmp_path):

@@ -72,7 +72,8 @@ def test_every_trainable_parameter_gets_a_gradient_and_frozen_blocks_none():
     model.train()
     model(**inputs(2), labels=torch.ones(2, 3)).loss.backward()
     backbone = model.image_encoder.backbone
-    frozen = [p for n, p in backbone.named_parameters() if not n.startswith(("blocks." + str(len(backbone.blocks) - 1), "conv_head", "bn2"))]
+    trained = ("blocks." + str(len(backbone.blocks) - 1), "conv_head", "bn2")
+    frozen = [p for n, p in backbone.named_parameters() if not n.startswith(trained)]
     assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
     assert all(p.grad is not None for p in backbone.blocks[-1].parameters())
     # When fine-tuning, every batch norm keeps its statistics in training mode; trainable ones still learn.

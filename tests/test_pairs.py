@@ -40,8 +40,9 @@ def test_withheld_test_photos_make_validation_the_test_split_and_hold_out_traini
 
 
 def test_photo_rows_average_each_photos_pair_labels():
-    pairs = PairTable(torch.tensor([0, 0, 2, 2, 2]), torch.ones(5, 4, dtype=torch.long), torch.ones(5, 4, dtype=torch.long),
-                      torch.tensor([[1.0, 0], [0, 0], [1, 1], [1, 0], [1, 1]]))
+    tokens = torch.ones(5, 4, dtype=torch.long)
+    labels = torch.tensor([[1.0, 0], [0, 0], [1, 1], [1, 0], [1, 1]])
+    pairs = PairTable(torch.tensor([0, 0, 2, 2, 2]), tokens, tokens, labels)
     rows = photo_rows(pairs, num_photos=3)  # photo 1 has no pair: no row
     assert rows.photo_index.tolist() == [0, 2]
     torch.testing.assert_close(rows.labels, torch.tensor([[0.5, 0.0], [1.0, 2 / 3]]))
@@ -88,8 +89,9 @@ def test_pixels_are_normalised_and_flipped_at_random_in_training_only():
     torch.manual_seed(0)
     training = collate(batch(64), training=True)["pixel_values"]
     plain = collate.processor.normalize(pixels[batch(64)["photo_index"]])
-    flipped = [not torch.equal(t, p) for t, p in zip(training, plain)]
-    assert 10 < sum(flipped) < 54 and all(torch.equal(t, p.flip(-1)) for t, p, f in zip(training, plain, flipped) if f)
+    flipped = [not torch.equal(t, p) for t, p in zip(training, plain, strict=True)]
+    assert 10 < sum(flipped) < 54
+    assert all(torch.equal(t, p.flip(-1)) for t, p, f in zip(training, plain, flipped, strict=True) if f)
 
 
 def test_mirrored_cached_features_give_either_view_in_training_and_both_in_evaluation():

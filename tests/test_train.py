@@ -1,7 +1,6 @@
 """End-to-end runs of train.py (slow) and its argument checks."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -114,7 +113,8 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_folder, tmp_path):
                           "--resume-from-checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
-    a, b = load_file(tmp_path / "reference" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    a = load_file(tmp_path / "reference" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     ra, rb = (json.loads((tmp_path / d / "all_results.json").read_text()) for d in ("reference", "resumed"))
     assert all(ra[k] == rb[k] for k in RESULT_KEYS)
@@ -140,8 +140,8 @@ def test_two_cpu_processes_train_an_image_model_on_chosen_blocks(tiny_folder, tm
     result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "train.py", "--dataset", str(tiny_folder), "--output-dir", str(tmp_path),
-                         "--modality", "image", *TINY_TRAIN_ARGS, "--batch-size", "4", "--image-feature-blocks", "-3", "-2",
-                         "--image-local-projection"])
+                         "--modality", "image", *TINY_TRAIN_ARGS, "--batch-size", "4",
+                         "--image-feature-blocks", "-3", "-2", "--image-local-projection"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "all_results.json").read_text())["num_processes"] == 2
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -12,7 +12,7 @@ METRICS_DIR = Path(__file__).parent
 METRIC_NAMES = ("multilabel_classification", "multilabel_ranking")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_metric(name: str):
     """``evaluate.load`` of one of this folder's metric scripts (``METRIC_NAMES``)."""
     import evaluate

@@ -66,7 +66,9 @@ class MultilabelRanking(evaluate.Metric):
         has_both = 0 < flat_true.sum() < flat_true.size
         return {
             "mAP": float(np.mean(aps)) if aps else None,
-            "micro_average_precision": float(average_precision_score(flat_true, flat_scores)) if flat_true.any() else None,
+            "micro_average_precision": (
+                float(average_precision_score(flat_true, flat_scores)) if flat_true.any() else None
+            ),
             "roc_auc_macro": float(np.mean(aucs)) if aucs else None,
             "roc_auc_micro": float(roc_auc_score(flat_true, flat_scores)) if has_both else None,
             "per_label": per_label,
