@@ -541,6 +541,9 @@ def wire_events(handlers: Handlers, one: SimpleNamespace, batch: SimpleNamespace
     model = {"concurrency_id": "model"}
     one.photo.upload(handlers.check_upload, one.photo, [one.photo, one.notice], api_visibility="private", **model)
     one.photo.clear(lambda: gr.Markdown(visible=False), None, one.notice, api_visibility="private", queue=False)
+    stale = [one.bars, one.summary, one.heatmap, one.words, one.three_way]  # results of the photo before
+    for event in (one.photo.upload, one.photo.clear):
+        event(lambda: [None, "", None, None, None], None, stale, api_visibility="private", queue=False)
     predicted = [one.photo, one.caption, one.threshold], [one.bars, one.summary]
     one.submit.click(handlers.predict, *predicted, api_name="predict", **model)
     one.caption.submit(handlers.predict, *predicted, api_visibility="private", **model)
@@ -639,11 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """No progress bars for loading a model or the sample's examples: nobody waits on them long."""
+    """No progress bars for loading the sample's examples: nobody waits on them long (loading a model shows none)."""
     import datasets
-    import transformers
 
-    transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
 
 

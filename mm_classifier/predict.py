@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from transformers.utils import logging as transformers_logging
 
 from .errors import MMClassifierError
 from .modeling import MultiModalClassifier
@@ -85,6 +86,10 @@ class Predictor:
         no pickle is ever loaded.
         """
         directory = resolve_model_dir(model)
+        # Loading a folder takes a moment, not a progress bar's worth (transformers shows one per load); the
+        # caller's setting is restored afterwards.
+        bar_was_on = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
         try:
             classifier = MultiModalClassifier.from_pretrained(str(directory), use_safetensors=True)
             processor = MultiModalProcessor.from_pretrained(directory)
@@ -92,6 +97,9 @@ class Predictor:
             raise
         except Exception as err:
             raise MMClassifierError(f"Cannot load the model in {directory}: {type(err).__name__}: {err}") from err
+        finally:
+            if bar_was_on:
+                transformers_logging.enable_progress_bar()
         return cls(classifier, processor, device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -267,10 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.photos and args.caption is None and args.captions_csv is None:
         print("error: give at least one photo, --caption or --captions-csv", file=sys.stderr)
         return 2
-    # Loading a model folder takes a moment, not a progress bar's worth (transformers shows one per load).
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
     try:
         inputs = _inputs(args)
         predictor = Predictor.from_pretrained(args.model)

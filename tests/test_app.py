@@ -367,10 +367,12 @@ def test_browser_explain_view_and_batch_tab(server, predictor, photo, photos, tm
         assert font >= 14
         page.screenshot(path=str(shots / f"{name}_1_example.png"), full_page=True)
 
-        # A file that is not a photo is refused on upload, before Predict.
+        # A file that is not a photo is refused on upload, before Predict; the last photo's results go.
         (tmp_path / "notes.jpg").write_text("not an image")
         page.locator(".photo-input input[type=file]").set_input_files(str(tmp_path / "notes.jpg"))
         expect(page.locator("#upload-notice")).to_contain_text("Not a usable photo", timeout=30_000)
+        expect(bars).to_have_count(0)
+        expect(page.get_by_label("Summary")).to_have_value("")
         page.screenshot(path=str(shots / f"{name}_2_bad_upload.png"), full_page=True)
 
         # Explain: the top concept's heat map, the caption's words, the three-way bars.

@@ -34,6 +34,17 @@ def test_model_folder_holds_everything_needed_to_predict(tiny_model, predictor, 
         curves.verify()
 
 
+def test_loading_shows_no_progress_bar_and_keeps_the_callers_setting(tiny_model, capsys):
+    from transformers.utils import logging as transformers_logging
+
+    for enabled in (True, False):
+        (transformers_logging.enable_progress_bar if enabled else transformers_logging.disable_progress_bar)()
+        Predictor.from_pretrained(tiny_model)
+        assert "Loading weights" not in capsys.readouterr().err
+        assert transformers_logging.is_progress_bar_enabled() is enabled
+    transformers_logging.enable_progress_bar()
+
+
 def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
     caption = "a man and a dog on the grass"
     both, = predictor.predict(photo, caption)
