@@ -7,6 +7,10 @@ import dataclasses
 from transformers import PreTrainedConfig
 
 MODALITIES = ("fusion", "image", "text")
+# How captions are encoded (modeling.py builds each): "lstm" and "bag" learn a word vocabulary from the training
+# captions; "transformers" is a pretrained transformers encoder whose configuration ``text_model_config`` holds.
+TEXT_ENCODER_TYPES = ("lstm", "bag", "transformers")
+TEXT_POOLINGS = ("mean", "pooler")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -14,36 +18,62 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class MultiModalConfig(PreTrainedConfig):
     """Configuration of :class:`~mm_classifier.MultiModalClassifier`.
 
+    The first sentence of a field's entry below is also the help text of its command-line flag (``--image-size``
+    for ``image_size``; ``mm_classifier.options``), whose default is the field's.
+
     Args:
         modality: ``"fusion"`` (photo and caption), ``"image"`` or ``"text"``.
         backbone: timm model name of the image encoder.
         backbone_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``{"pad_type": "same"}`` for
             weights converted from TensorFlow).
         image_size: side of the square input image, in pixels.
-        image_mean, image_std: per-channel normalisation on the 0..1 scale (must match the backbone's weights).
-        image_feature_blocks: pool the outputs of these backbone stages (indices into an EfficientNet/MobileNet-
-            style timm model's ``blocks``; -1 is the last) and concatenate them as the photo's features, instead
-            of the pooled output of the backbone's head. None (default): the head's.
+        image_mean: the per-channel mean subtracted from pixels on the 0..1 scale (it must match the backbone's
+            weights).
+        image_std: the per-channel standard deviation that pixels are then divided by (it must match the
+            backbone's weights).
+        image_feature_blocks: pool the outputs of these backbone feature stages (-1 is the last) and concatenate
+            them as the photo's features, instead of the pooled output of the backbone's head. The stages are, for
+            an EfficientNet-family timm model (MobileNetV2 among them), its ``blocks``; for other families the
+            modules timm's ``feature_info`` names, in order (ResNet: 0 the stem, 1 to 4 ``layer1`` to ``layer4``;
+            ConvNeXt: its four stages; ViT: its blocks, whose patch tokens are read as a grid). None (default):
+            the head's.
         image_local_projection: project the feature map at every position (a 1x1 convolution with ReLU) and
             average the projections, instead of projecting the averaged features. The chosen stages' maps are
             average-pooled to the coarsest one's grid. A cached frozen backbone then stores maps, not vectors.
         image_mirror_average: in inference mode, the image embedding is the mean of the photo's and its mirror
             image's (flipped left to right): test-time augmentation, at twice the image encoder's cost.
         image_embed_dim: size of the image embedding after the projection on the pooled backbone features.
-        vocab_size, pad_token_id, max_length: of the word-level tokenizer.
-        word_embed_dim, lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the text encoder.
-        text_embed_dim: size of the text embedding after the projection of the pooled LSTM states.
+        text_encoder_type: how captions are encoded: ``"lstm"`` (word embeddings and a BiLSTM, learnt from
+            scratch), ``"bag"`` (the mean of word and hashed word-bigram embeddings over the whole text, fastText-
+            style, learnt from scratch) or ``"transformers"`` (a pretrained transformers encoder). (Not named
+            ``text_encoder``: transformers reads that name, and ``text_config``, as a composite model's sub-config.)
+        text_model_config: the transformers encoder's own configuration (``config.to_dict()``), so a saved folder
+            rebuilds it without a download; its weights are part of ``model.safetensors``.
+        text_model_name: where the transformers encoder's weights came from (a hub id or a folder), for the card.
+        text_pooling: a transformers encoder's caption vector: ``"mean"`` (the attention-masked mean of the last
+            hidden states, sentence-transformers' convention) or ``"pooler"`` (the model's own pooled output, the
+            convention of CLIP's and SigLIP's text towers).
+        text_trainable_layers: how many of the transformers encoder's last layers train (with what follows them);
+            0 keeps it frozen, so training computes each caption's vector once and caches it.
+        vocab_size, pad_token_id: of the tokenizer (the word-level one, or the transformers encoder's own).
+        max_length: captions are cut to this many tokens. Training sets it from the training texts' lengths.
+        word_embed_dim: the lstm's and the bag's word embeddings.
+        lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the lstm encoder.
+        bag_buckets: hash buckets for the bag's word bigrams (each bucket one embedding).
+        text_embed_dim: size of the text embedding after the projection of the pooled caption vector.
         fusion_type: how a fusion model combines the two embeddings: a key of ``mm_classifier.fusion.FUSION_TYPES``
-            (``"concat"``: concatenation, the default; ``"gated"``: a gated multimodal unit).
+            (``"concat"``: concatenation; ``"gated"``: a gated multimodal unit).
         fusion_hidden_sizes: hidden layer sizes of the classifier head on the fused (or single) embedding.
         dropout: dropout before each projection and hidden layer.
-        modality_dropout: in training, the probability (at most 0.5) that a fusion model loses its photo (and,
-            separately, its caption) for an example, so it learns to predict from either one alone.
+        modality_dropout: the probability (at most 0.5) that a fusion model loses its photo, and separately its
+            caption, for a training example. So it learns to predict from either one alone.
         thresholds: one decision threshold per concept (default 0.5 each; training tunes them).
         pos_weight: optional per-concept positive weights of the BCE loss.
         id2label: concept names by index (sets the number of outputs).
-        concept_words, min_votes: how labels were mined from captions (concept -> words; votes needed), so
-            evaluation on new data labels pairs the same way.
+        concept_words: the words that name each concept (concept -> words) in the captions labels were mined
+            from, so evaluation on new data labels pairs the same way.
+        min_votes: how many of a photo's other captions must name a concept for a (photo, caption) pair to have
+            it. Kept with the concept words, so evaluation on new data labels pairs the same way.
     """
 
     model_type = "mm_classifier"
@@ -58,6 +88,11 @@ class MultiModalConfig(PreTrainedConfig):
     image_local_projection: bool = False
     image_mirror_average: bool = False
     image_embed_dim: int = 256
+    text_encoder_type: str = "lstm"
+    text_model_config: dict | None = None
+    text_model_name: str | None = None
+    text_pooling: str = "mean"
+    text_trainable_layers: int = 0
     vocab_size: int = 5000
     pad_token_id: int = 0
     max_length: int = 32
@@ -65,11 +100,12 @@ class MultiModalConfig(PreTrainedConfig):
     lstm_hidden_size: int = 128
     lstm_num_layers: int = 1
     lstm_bidirectional: bool = True
+    bag_buckets: int = 50000
     text_embed_dim: int = 256
     fusion_type: str = "concat"
     fusion_hidden_sizes: list[int] | tuple[int, ...] = (256,)
     dropout: float = 0.3
-    modality_dropout: float = 0.0
+    modality_dropout: float = 0.25
     thresholds: list[float] | None = None
     pos_weight: list[float] | None = None
     concept_words: dict | None = None
@@ -102,7 +138,7 @@ class MultiModalConfig(PreTrainedConfig):
         if not isinstance(self.backbone, str) or not self.backbone:
             fail("backbone", self.backbone, "a timm model name")
         for field in ("image_size", "image_embed_dim", "vocab_size", "max_length", "word_embed_dim",
-                      "lstm_hidden_size", "lstm_num_layers", "text_embed_dim"):
+                      "lstm_hidden_size", "lstm_num_layers", "bag_buckets", "text_embed_dim"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(field, value, "a positive integer")
@@ -121,6 +157,17 @@ class MultiModalConfig(PreTrainedConfig):
         for field in ("image_local_projection", "image_mirror_average"):
             if not isinstance(getattr(self, field), bool):
                 fail(field, getattr(self, field), "True or False")
+        if self.text_encoder_type not in TEXT_ENCODER_TYPES:
+            fail("text_encoder_type", self.text_encoder_type, f"one of {TEXT_ENCODER_TYPES}")
+        if self.text_encoder_type == "transformers" and not (
+            isinstance(self.text_model_config, dict) and self.text_model_config.get("model_type")
+        ):
+            fail("text_model_config", self.text_model_config, "a transformers configuration as a dict (model_type)")
+        if self.text_pooling not in TEXT_POOLINGS:
+            fail("text_pooling", self.text_pooling, f"one of {TEXT_POOLINGS}")
+        trainable = self.text_trainable_layers
+        if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
+            fail("text_trainable_layers", trainable, "a layer count, 0 or more")
         if not 0 <= self.pad_token_id < self.vocab_size:
             fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
         # Which names exist is fusion.py's business (a new method must not touch this file); build_fusion checks.

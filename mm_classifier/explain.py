@@ -179,19 +179,24 @@ def _caption_embeddings(model, processor, caption: str, device) -> tuple[torch.T
 
 
 def _photo_embeddings(model, processor, image, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The photo's embedding (1, Di) and the feature maps its heat maps are read from (empty for a backbone
-    whose maps are unknown), in one forward: the backbone runs without recording anything for gradients up to
-    those maps, which become leaves that ask for gradients, so that one backward from the logits reaches them
-    (frozen weights do not stop it) and goes no further."""
+    """The photo's embedding (1, Di) and the feature maps its heat maps are read from, in one forward: the
+    backbone runs without recording anything for gradients up to those maps, which become leaves that ask for
+    gradients, so that one backward from the logits reaches them (frozen weights do not stop it) and goes no
+    further. The maps are those the features are pooled from (made leaves after the backbone), or a finer
+    stage's (made leaves inside it, see :func:`_heatmap_stages`)."""
+    encoder = model.image_encoder
     # channels_last, as Predictor feeds the model, so that the arithmetic matches predict()'s.
     pixel_values = processor(images=image)["pixel_values"].to(device).contiguous(memory_format=torch.channels_last)
-    modules = _heatmap_modules(model.image_encoder, tuple(pixel_values.shape[-2:]))
-    if not modules:
-        logger.warning("No photo heat map: %s is not an EfficientNet-family backbone, whose feature maps this "
-                       "module knows.", model.config.backbone)
-    with torch.no_grad(), _maps_as_leaves(modules) as maps:
-        image_embeds = model.encode_image(pixel_values)  # (1, Di)
-    return image_embeds, maps
+    backbone = encoder.backbone
+    inner = [(backbone.get_submodule(name), grid)
+             for name, grid in _heatmap_stages(encoder, tuple(pixel_values.shape[-2:]))]
+    with torch.no_grad(), _maps_as_leaves(inner) as maps:
+        pooled = encoder.feature_maps(encoder.views(pixel_values))
+    if not inner:
+        pooled = [feature_map.detach().requires_grad_(True) for feature_map in pooled]
+        maps.extend(pooled)
+    with torch.enable_grad():
+        return encoder.embed(pooled), maps  # (1, Di)
 
 
 def _concept_indices(known: list[str], concepts) -> list[int] | None:
@@ -236,77 +241,83 @@ def _masked_captions(processor, caption: str) -> tuple[torch.Tensor, torch.Tenso
 # ------------------------------------------------------------------------------------------------ photo heat map
 
 
-# Per image encoder and input size: the names of the stages the heat map reads (see _heatmap_stages).
+# Per image encoder and input size: the feature stages the heat map reads (see _heatmap_stages).
 _HEATMAP_STAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _stages(image_encoder) -> dict[str, nn.Module]:
-    """The backbone's stages whose outputs are feature maps, in forward order: every block and the head
-    convolution (``bn2``, after its activation). Empty for a backbone that cannot be cut between blocks (not
-    EfficientNet-family): its maps are unknown."""
-    if not image_encoder.splits_into_blocks:
-        return {}
-    backbone = image_encoder.backbone
-    return {**{f"block{i}": block for i, block in enumerate(backbone.blocks)}, "head": backbone.bn2}
+def _heatmap_stages(image_encoder, pixel_size: tuple[int, int]) -> list[tuple[str, tuple[int, int]]]:
+    """Where the heat map of a photo of ``pixel_size`` is read: an empty list for the maps the photo's features
+    are pooled from (``forward_features``' output, or with ``image_feature_blocks`` the chosen stages'), else
+    one stage that timm's ``feature_info`` names, with its map's grid (h, w).
 
+    The pooled maps serve when each has at least ``MIN_HEATMAP_SIDE`` cells a side, as Grad-CAM's last
+    convolutional map has on a 224-pixel photo. A smaller input leaves them too coarse to point at anything (a
+    64-pixel photo gives an EfficientNet's head 2 x 2 cells), so then the deepest stage that runs whose map is
+    fine enough, or else the finest one if it is finer than the pooled maps: the gradient reaches it through
+    the later stages, and it still sees whole objects. A ViT's final tokens are no map, and the patch tokens
+    of its last block reach the class token that its head reads through no later attention, so its heat map
+    comes from a block before the last.
 
-def _heatmap_modules(image_encoder, pixel_size: tuple[int, int]) -> list[nn.Module]:
-    """The modules whose outputs the heat map is read from, for photos of ``pixel_size`` (found once per model
-    and size, by a forward pass on a blank photo: the choice depends only on the maps' sizes)."""
-    if image_encoder is None:
-        return []
-    stages = _stages(image_encoder)
-    chosen = _HEATMAP_STAGES.setdefault(image_encoder, {})
-    if pixel_size not in chosen:
-        sides: dict[str, int] = {}
-        handles = [module.register_forward_hook(
-            lambda module, args, output, name=name: sides.__setitem__(name, min(output.shape[-2:])))
-            for name, module in stages.items()]
-        try:
-            parameter = next(image_encoder.parameters())
-            with torch.inference_mode():
-                image_encoder.backbone_features(parameter.new_zeros(1, 3, *pixel_size))
-        finally:
-            for handle in handles:
-                handle.remove()
-        chosen[pixel_size] = _heatmap_stages(image_encoder, sides) if sides else []
-    return [stages[name] for name in chosen[pixel_size]]
-
-
-def _heatmap_stages(image_encoder, sides: dict[str, int]) -> list[str]:
-    """Which stages' maps the heat map is read from, given the side (in cells) of each stage's map that runs.
-
-    The maps the photo's features are pooled from (the head convolution's output, or with
-    ``image_feature_blocks`` the chosen blocks' outputs) when each has at least ``MIN_HEATMAP_SIDE`` cells a
-    side, as Grad-CAM's last convolutional map has on a 224-pixel photo. A smaller input leaves those maps too
-    coarse to point at anything (a 64-pixel photo gives the head 2 x 2 cells), so then the deepest block output
-    that is fine enough (or else the first block's): the gradient reaches it through the later blocks, and it
-    still sees whole objects.
+    Found once per model and size, by a forward pass on a blank photo: the choice depends only on the maps' sizes.
     """
-    if image_encoder.feature_blocks is not None:
-        pooled = [f"block{b}" for b in image_encoder.feature_blocks]
+    chosen = _HEATMAP_STAGES.setdefault(image_encoder, {})
+    if pixel_size in chosen:
+        return chosen[pixel_size]
+    backbone = image_encoder.backbone
+    names = [info["module"] for info in backbone.feature_info]
+    ran: set[str] = set()
+    handles = [backbone.get_submodule(name).register_forward_hook(lambda *_, name=name: ran.add(name))
+               for name in names]
+    blank = next(image_encoder.parameters()).new_zeros(1, 3, *pixel_size)
+    try:
+        with torch.inference_mode():
+            pooled = image_encoder.feature_maps(blank)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.inference_mode():  # one map per feature_info stage, a ViT's tokens as a grid
+        grids = [tuple(m.shape[-2:]) for m in backbone.forward_intermediates(blank, intermediates_only=True)]
+    stages = [(name, grid) for name, grid in zip(names, grids, strict=True) if name in ran]
+
+    def side(stage):
+        return min(stage[1])
+
+    tokens = pooled[0].dim() == 3
+    coarsest = 0 if tokens else min(min(m.shape[-2:]) for m in pooled)
+    if tokens:
+        stages = stages[:-1] or stages
+    fine = [stage for stage in stages if side(stage) >= MIN_HEATMAP_SIDE]
+    finest = max(reversed(stages), key=side)  # the deepest of them
+    if coarsest >= MIN_HEATMAP_SIDE:
+        chosen[pixel_size] = []
+    elif fine:
+        chosen[pixel_size] = [fine[-1]]
     else:
-        pooled = ["head"]
-    if min(sides[name] for name in pooled) >= MIN_HEATMAP_SIDE:
-        return pooled
-    blocks = [name for name in sides if name.startswith("block")]  # forward order
-    fine = [name for name in blocks if sides[name] >= MIN_HEATMAP_SIDE]
-    return [fine[-1] if fine else blocks[0]]
+        chosen[pixel_size] = [finest] if side(finest) > coarsest else []
+    return chosen[pixel_size]
 
 
 @contextlib.contextmanager
-def _maps_as_leaves(modules: list[nn.Module]):
+def _maps_as_leaves(modules: list[tuple[nn.Module, tuple[int, int]]]):
     """While the ``with`` block runs (under ``torch.no_grad()``), each module's output is replaced by a copy
-    that asks for gradients, from where on the forward records what gradients need; yields those maps."""
+    that asks for gradients, from where on the forward records what gradients need; yields those maps, (B, C,
+    h, w) each. Of a module that outputs tokens (B, T, D) (a ViT's block), the patch tokens after the prefix
+    (class) tokens, as the (h, w) grid given with it."""
     maps: list[torch.Tensor] = []
 
-    def keep(module, args, output):
+    def keep(output, grid):
         torch.set_grad_enabled(True)  # until the enclosing no_grad block ends and restores the mode
-        leaf = output.detach().requires_grad_(True)
-        maps.append(leaf)
-        return leaf
+        output = output.detach()
+        if output.dim() == 4:
+            maps.append(output.requires_grad_(True))
+            return output
+        prefix = output.shape[1] - grid[0] * grid[1]
+        patches = output[:, prefix:].unflatten(1, grid).permute(0, 3, 1, 2).requires_grad_(True)  # (B, D, h, w)
+        maps.append(patches)
+        return torch.cat([output[:, :prefix], patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
-    handles = [module.register_forward_hook(keep) for module in modules]
+    handles = [module.register_forward_hook(lambda module, args, output, grid=grid: keep(output, grid))
+               for module, grid in modules]
     try:
         yield maps
     finally:

@@ -1,7 +1,9 @@
-"""Cached photo tensors for training: resized uint8 pixels, and the outputs of a backbone's frozen part.
+"""Cached tensors for training: resized uint8 pixels, the outputs of a backbone's frozen part, and a frozen
+transformers text encoder's caption vectors.
 
-Both are written by ``datasets.map`` into Arrow files under :func:`~mm_classifier.cache.cache_root`, named by a
-hash of everything they depend on, so a second run (or a second process) reuses them.
+Photo tensors are written by ``datasets.map`` into Arrow files, caption vectors into one safetensors file, under
+:func:`~mm_classifier.cache.cache_root`, named by a hash of everything they depend on, so a second run (or a second
+process) reuses them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from tqdm.auto import tqdm
 
 from .cache import cache_root
 from .processing import MultiModalProcessor
@@ -164,14 +167,15 @@ def cached_frozen_features(
     num_photos: int | None = None,
     mirror: bool = False,
 ) -> PhotoTable:
-    """``model.image_encoder.frozen_features`` of every photo, cached on disk in float16.
+    """A wholly frozen backbone's features (``model.image_encoder.backbone_features``) of every photo, cached on
+    disk in float16.
 
     Args:
         pixels: (P, 3, S, S) uint8 from :func:`photo_pixels`, or a function that returns them: it is called
             only when the outputs are not cached yet (then ``num_photos`` must say P), so a cached run never
             loads the pixels.
-        model: its image encoder's ``trainable_blocks`` say where the frozen part ends: 0 caches the features
-            the projection reads ((P, F) or maps); N > 0 the map entering the last N blocks.
+        model: a model whose backbone is frozen (``freeze_backbone(0)``): the features its projection reads,
+            (P, F) or maps, are cached.
         mirror: of the photos' mirror images (flipped left to right) instead, cached apart.
 
     Returns:
@@ -180,6 +184,9 @@ def cached_frozen_features(
 
     The model's image encoder is moved to ``device`` (where training will use it anyway).
     """
+    if model.image_encoder.trainable_blocks != 0:
+        raise ValueError("cached_frozen_features needs a wholly frozen backbone (freeze_backbone(0)); trainable "
+                         "stages train on pixels")
     views = ("mirror",) if mirror else ()  # the plain view's key is the one it always had
     key = _digest(pixels_key, backbone_digest(model), processor.to_dict(), *views)
     cache_file = cache_root() / "features" / f"{key}.arrow"
@@ -201,7 +208,7 @@ def cached_frozen_features(
         index = torch.as_tensor(batch["photo"])
         x = processor.normalize(loaded[0][index]).to(device)
         x = (x.flip(-1) if mirror else x).contiguous(memory_format=torch.channels_last)
-        out = encoder.frozen_features(x).float().cpu()
+        out = encoder.backbone_features(x).float().cpu()
         return {"shape": [list(out.shape[1:])] * len(out), "features": out.flatten(1).half().numpy()}
 
     table = datasets.Dataset.from_dict({"photo": list(range(num_photos))})
@@ -219,3 +226,56 @@ def cached_frozen_features(
         encoder.train(was_training)
     return PhotoTable(cached, "features", tuple(cached[0]["shape"]), np.float16)
 
+
+
+def _tensor_digest(named_tensors) -> str:
+    h = hashlib.sha1()
+    for name, tensor in named_tensors:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def cached_caption_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 128,
+                            device: torch.device | str = "cpu") -> torch.Tensor:
+    """A frozen transformers text encoder's caption vectors (N, hidden) for (N, T) caption tokens, cached on disk
+    (float16, safetensors) under a hash of the encoder's weights and pooling and of the tokens.
+
+    Captions run in batches of similar length, each cut to its longest caption, so a few long texts do not make
+    every batch long. The file is written under a temporary name and renamed, so a crash never leaves a
+    half-written cache that a later run would read.
+    """
+    from safetensors.torch import load_file, save_file
+
+    encoder = model.text_encoder
+    key = _digest(FEATURE_CACHE_VERSION, encoder.pooling, _tensor_digest(sorted(encoder.model.state_dict().items())),
+                  _tensor_digest([("ids", input_ids), ("mask", attention_mask)]))
+    cache_file = cache_root() / "captions" / f"{key}.safetensors"
+    if cache_file.is_file():
+        try:
+            return load_file(str(cache_file))["features"].float()
+        except Exception as err:  # a damaged file: computed again below
+            logger.warning("Rebuilding the unreadable caption cache %s (%s)", cache_file, err)
+    encoder.to(device)
+    was_training = encoder.training
+    encoder.eval()
+    lengths = attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    features = None
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="Computing caption features", leave=False):
+            rows = order[start : start + batch_size]
+            width = max(1, int(lengths[rows].max()))
+            out = encoder.caption_features(input_ids[rows, :width].to(device),
+                                           attention_mask[rows, :width].to(device)).float().cpu()
+            if features is None:
+                features = torch.zeros(len(order), out.shape[1])
+            features[rows] = out
+    finally:
+        encoder.train(was_training)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"features": features.half()}, str(partial))
+    os.replace(partial, cache_file)
+    return features.half().float()  # exactly what a cached run reads

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models.efficientnet import EfficientNet
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultiModalConfig
@@ -39,14 +39,17 @@ class MultiModalOutput(ModelOutput):
 
 
 class ImageEncoder(nn.Module):
-    """timm backbone -> photo features -> projection to ``(B, image_embed_dim)``.
+    """timm backbone -> photo features -> projection to ``(B, image_embed_dim)``, on timm's generic feature API
+    (``feature_info``, ``forward_intermediates``, ``forward_features`` / ``forward_head``), so that EfficientNets
+    and MobileNets, ResNets, ConvNeXts and ViTs all serve.
 
-    The backbone is an EfficientNet-family timm model (MobileNetV2 among them). Training may freeze all but its
-    last ``trainable_blocks`` blocks (and the head convolution): :meth:`frozen_features` is then the output of
-    the frozen part, which training caches, and :meth:`trainable_features` the rest. ``trainable_blocks`` counts
-    the blocks of ``backbone.blocks``; :attr:`num_stages` (the stem plus every block) means the whole backbone
-    trains, as it does until :meth:`freeze` is called. With ``config.image_feature_blocks`` the features are
-    the pooled outputs of those blocks, taken through timm's ``forward_intermediates``, instead of the head's.
+    The backbone's feature stages (:attr:`stages`) are the modules timm's ``feature_info`` names, in forward
+    order (ResNet: the stem's activation and ``layer1`` to ``layer4``; ConvNeXt: its four stages; ViT: every
+    block, whose patch tokens are read as a grid); a backbone whose ``forward_intermediates`` can return every
+    block (``extra_blocks``: the EfficientNet family, MobileNetV2 among them) has every block of its ``blocks``
+    as a stage. ``config.image_feature_blocks`` index these stages: the features are then their pooled maps
+    instead of the head's. The whole backbone trains (``trainable_blocks == num_stages``) until :meth:`freeze`
+    keeps only its last stages trainable.
     """
 
     def __init__(self, config: MultiModalConfig):
@@ -54,18 +57,15 @@ class ImageEncoder(nn.Module):
         # pretrained=False: from_pretrained and tests must never download; weights come from the checkpoint
         # or from load_pretrained_backbone().
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, **config.backbone_kwargs)
+        self.stages, self.every_block = _feature_stages(self.backbone)
         self.local_projection = config.image_local_projection
         self.mirror_average = config.image_mirror_average
         self.feature_blocks: list[int] | None = None
         if config.image_feature_blocks is not None:
             self.feature_blocks = self._resolve_blocks(config.image_feature_blocks)
-        if self.feature_blocks is None and not self.local_projection:
-            # Some timm heads (MobileNetV3) widen the pooled features beyond num_features.
-            width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        else:
-            width = self._feature_width()
         self.projection = nn.Sequential(
-            nn.Dropout(config.dropout), nn.Linear(width, config.image_embed_dim), nn.ReLU()
+            nn.Dropout(config.dropout), nn.Linear(self._feature_width(config.image_size), config.image_embed_dim),
+            nn.ReLU(),
         )
         self.trainable_blocks = self.num_stages
         self._freeze_unused_layers()
@@ -73,101 +73,82 @@ class ImageEncoder(nn.Module):
     # -------------------------------------------------------------------------------- backbone layout
 
     @property
-    def splits_into_blocks(self) -> bool:
-        """Whether the backbone can be cut between blocks (feature blocks, partial freezing): EfficientNet-family."""
-        return isinstance(self.backbone, EfficientNet)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.backbone.blocks) if self.splits_into_blocks else 0
-
-    @property
     def num_stages(self) -> int:
-        """timm's feature stages: the stem (index 0) and one per block (index k: the output of block k - 1)."""
-        return self.num_blocks + 1
+        """The stages ``forward_intermediates`` numbers: :attr:`stages`, after the stem for the EfficientNet
+        family (its stage 0)."""
+        return len(self.stages) + self.every_block
 
     def _resolve_blocks(self, blocks) -> list[int]:
-        if not self.splits_into_blocks:
-            raise MMClassifierError(
-                f"image_feature_blocks needs an EfficientNet-family timm backbone (MobileNetV2, EfficientNet); "
-                f"{type(self.backbone).__name__} cannot be cut between blocks."
-            )
-        n = self.num_blocks
+        n = len(self.stages)
         if not all(-n <= b < n for b in blocks):
             raise MMClassifierError(
-                f"image_feature_blocks {list(blocks)}: the backbone has blocks 0 to {n - 1} (or -{n} to -1)."
+                f"image_feature_blocks {list(blocks)}: the backbone's feature stages are 0 to {n - 1} (or -{n} to "
+                f"-1): {', '.join(self.stages)}."
             )
         return sorted(b % n for b in blocks)
 
+    def _parameters_after(self, stage: str, inclusive: bool) -> list[nn.Parameter]:
+        """The backbone's parameters in the modules registered after the stage module named ``stage`` (and in it,
+        if ``inclusive``): timm registers a model's modules in forward order, its head after its stages."""
+        names = [name for name, _ in self.backbone.named_modules()]
+        start = names.index(stage)
+        if inclusive:
+            later = set(names[start:])
+        else:
+            later = {name for name in names[start + 1 :] if not name.startswith(stage + ".")}
+        return [p for name, p in self.backbone.named_parameters() if name.rpartition(".")[0] in later]
+
     def _freeze_unused_layers(self) -> None:
-        """With chosen feature blocks, the later blocks and the head never run: they must not ask for gradients
-        (multi-process training would wait for theirs forever). Their weights stay, so checkpoints still load."""
+        """With chosen feature stages, the later stages and the head never run: they must not ask for gradients
+        (multi-process training would wait for theirs forever). Their weights stay, so checkpoints still load
+        (which is why timm's ``prune_intermediate_layers`` is not used)."""
         if self.feature_blocks is not None:
-            b = self.backbone
-            for module in (*b.blocks[self.feature_blocks[-1] + 1 :], b.conv_head, b.bn2):
-                module.requires_grad_(False)
+            for parameter in self._parameters_after(self.stages[self.feature_blocks[-1]], inclusive=False):
+                parameter.requires_grad_(False)
 
     @torch.no_grad()
-    def _feature_width(self) -> int:
+    def _feature_width(self, image_size: int) -> int:
         was_training = self.backbone.training
         self.backbone.eval()
-        width = self.backbone_features(torch.zeros(1, 3, 64, 64)).shape[1]
+        features = self.backbone_features(torch.zeros(1, 3, image_size, image_size))
         self.backbone.train(was_training)
-        return width
+        if features.dim() == 3:
+            raise MMClassifierError(
+                "image_local_projection projects a feature map, but this backbone's final features are tokens; "
+                "choose its blocks with image_feature_blocks, whose patch tokens are read as a grid."
+            )
+        return features.shape[1]
 
     # -------------------------------------------------------------------------------- features
 
-    def _intermediates(self, pixel_values: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
-        """Outputs of timm feature stages (0: the stem; k: block k - 1), running no further than the last."""
+    def feature_maps(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> the backbone outputs the features are pooled from: with ``image_feature_blocks`` the
+        chosen stages' maps, (B, C_i, h_i, w_i) each (a ViT's patch tokens as a grid, its class token dropped),
+        running no further than the last; else ``forward_features``' output alone (a map, or a ViT's tokens)."""
+        if self.feature_blocks is None:
+            return [self.backbone.forward_features(pixel_values)]
+        # forward_intermediates numbers the stages; the EfficientNet family's stem is its stage 0.
+        indices = [b + self.every_block for b in self.feature_blocks]
+        every_block = {"extra_blocks": True} if self.every_block else {}
         return self.backbone.forward_intermediates(
-            pixel_values, indices=stages, extra_blocks=True, stop_early=True, intermediates_only=True
+            pixel_values, indices=indices, stop_early=True, intermediates_only=True, **every_block
         )
 
-    def _pool(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """The chosen blocks' maps -> pooled and concatenated (B, F); with a local projection, the maps average-
-        pooled to the coarsest one's grid and concatenated, (B, F, h, w)."""
+    def pool(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`feature_maps`' output -> the features the projection reads: the head's pooled output (B, F), or
+        the chosen stages' maps pooled and concatenated; with ``image_local_projection`` unpooled maps
+        (B, F, h, w), the chosen stages' average-pooled to the coarsest one's grid."""
+        if self.feature_blocks is None:
+            return maps[0] if self.local_projection else self.backbone.forward_head(maps[0])
         if not self.local_projection:
             return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
         grid = maps[-1].shape[-2:]
         return torch.cat([nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
 
     def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> the features the projection reads: the pooled head output (B, F), or the chosen
-        blocks' pooled outputs; with ``image_local_projection`` unpooled maps (B, F, h, w)."""
-        if self.feature_blocks is not None:
-            return self._pool(self._intermediates(pixel_values, [b + 1 for b in self.feature_blocks]))
-        return self.backbone.forward_features(pixel_values) if self.local_projection else self.backbone(pixel_values)
-
-    def frozen_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The frozen part of the backbone: (B, 3, H, W) -> what :meth:`trainable_features` continues from.
-
-        With the whole backbone frozen, that is :meth:`backbone_features`; else the output of the last frozen
-        block (B, C, h, w).
-        """
-        if self.trainable_blocks == 0:
-            return self.backbone_features(pixel_values)
-        if self.trainable_blocks == self.num_stages:
-            return pixel_values
-        return self._intermediates(pixel_values, [self.num_blocks - self.trainable_blocks])[0]
-
-    def trainable_features(self, frozen: torch.Tensor) -> torch.Tensor:
-        """The trainable part: :meth:`frozen_features`' output -> :meth:`backbone_features`' output."""
-        if self.trainable_blocks == 0:
-            return frozen
-        if self.trainable_blocks == self.num_stages:
-            return self.backbone_features(frozen)
-        b, first = self.backbone, self.num_blocks - self.trainable_blocks
-        if self.feature_blocks is not None:
-            # The frozen part's output is itself a chosen block's output when the first trainable block follows it.
-            maps = [frozen] if first - 1 in self.feature_blocks else []
-            x = frozen
-            for index in range(first, self.feature_blocks[-1] + 1):
-                x = b.blocks[index](x)
-                if index in self.feature_blocks:
-                    maps.append(x)  # (B, C_index, h_index, w_index)
-            return self._pool(maps)
-        x = b.bn2(b.conv_head(b.blocks[first:](frozen)))
-        return x if self.local_projection else b.forward_head(x)
+        """(B, 3, H, W) -> the features the projection reads; a wholly frozen backbone's are what training
+        caches (``frozen_features``)."""
+        return self.pool(self.feature_maps(pixel_values))
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Pooled (B, F) features, or a (B, F, h, w) map projected at every position and then averaged."""
@@ -178,28 +159,25 @@ class ImageEncoder(nn.Module):
     # -------------------------------------------------------------------------------- freezing
 
     def freeze(self, trainable_blocks: int) -> None:
-        """Freeze the backbone except its last ``trainable_blocks`` blocks and head convolution (0: all of it)."""
-        if trainable_blocks and not self.splits_into_blocks:
+        """Freeze the backbone except its last ``trainable_blocks`` :attr:`stages` and everything after them (head
+        convolution, final norm); 0 freezes all of it, and at most ``num_stages - 1`` leaves the first stage frozen
+        (an EfficientNet's or a ResNet's stem; a ConvNeXt's or a ViT's first stage and the stem or patch embedding
+        before it).
+
+        Only a wholly frozen backbone's features are cached (:meth:`backbone_features`). Trainable stages train on
+        pixels, the frozen stages before them running on every batch without gradients: that costs their forward
+        pass on every photo in every epoch, which caching their outputs would save once, but the trainable stages
+        see the photos' random flips.
+        """
+        if not 0 <= trainable_blocks < self.num_stages:
             raise MMClassifierError(
-                f"trainable_blocks={trainable_blocks} needs an EfficientNet-family timm backbone; "
-                f"{type(self.backbone).__name__} cannot be cut between blocks. Use 0 (frozen) or train it whole."
-            )
-        if not 0 <= trainable_blocks <= self.num_blocks:
-            raise MMClassifierError(
-                f"trainable_blocks must be between 0 and {self.num_blocks}, got {trainable_blocks}."
-            )
-        first_trainable = self.num_blocks - trainable_blocks
-        if trainable_blocks and self.feature_blocks and self.feature_blocks[0] < first_trainable - 1:
-            raise MMClassifierError(
-                f"image_feature_blocks {self.feature_blocks} reach into the frozen blocks whose output is cached; "
-                f"with trainable_blocks={trainable_blocks} they must be {first_trainable - 1} or later."
+                f"trainable_blocks must be between 0 and {self.num_stages - 1}, got {trainable_blocks}."
             )
         self.trainable_blocks = trainable_blocks
         self.backbone.requires_grad_(False)
         if trainable_blocks:
-            b = self.backbone
-            for module in (*b.blocks[first_trainable:], b.conv_head, b.bn2):
-                module.requires_grad_(True)
+            for parameter in self._parameters_after(self.stages[-trainable_blocks], inclusive=True):
+                parameter.requires_grad_(True)
             self._freeze_unused_layers()
         self.train(self.training)
 
@@ -218,37 +196,67 @@ class ImageEncoder(nn.Module):
     # -------------------------------------------------------------------------------- forward
 
     def forward(self, pixel_values=None, frozen_features=None, mirrored_frozen_features=None) -> torch.Tensor:
-        """(B, 3, H, W) pixels, or cached :meth:`frozen_features`, -> (B, image_embed_dim).
+        """(B, 3, H, W) pixels, or a wholly frozen backbone's cached :meth:`backbone_features`, -> (B, image_embed_dim).
 
-        ``mirrored_frozen_features``: the cached frozen features of the photos' mirror images, for the
-        test-time mirror averaging below (ignored in training mode).
+        Test-time mirror averaging (``config.image_mirror_average``, inference mode): the embedding is the mean of
+        the photo's and its mirror image's (flipped left to right), at twice the image encoder's cost. From pixels
+        both views go through the backbone in one batch (:meth:`views`, :meth:`embed`); from a cache both views'
+        features must be given, ``mirrored_frozen_features`` being the mirror images' (one view alone is embedded
+        as it is).
         """
-        if self.mirror_average and not self.training:
-            return self.mirror_averaged(pixel_values, frozen_features, mirrored_frozen_features)
         if frozen_features is None:
-            return self.project(self.backbone_features(pixel_values))
-        return self.project(self.trainable_features(frozen_features))
+            return self.embed(self.feature_maps(self.views(pixel_values)))
+        embeds = self.project(frozen_features)
+        if not self.averages_mirrors or mirrored_frozen_features is None:
+            return embeds
+        return (embeds + self.project(mirrored_frozen_features)) / 2
 
-    def mirror_averaged(self, pixel_values=None, frozen_features=None, mirrored_frozen_features=None) -> torch.Tensor:
-        """Test-time mirror averaging (``config.image_mirror_average``, inference mode): the mean of the photo's
-        and its mirror image's (flipped left to right) embeddings, at twice the image encoder's cost.
+    @property
+    def averages_mirrors(self) -> bool:
+        """Whether the embedding is the mean of the photo's and its mirror image's: in inference mode only."""
+        return self.mirror_average and not self.training
 
-        From pixels both views go through the backbone in one batch; from a cache both views' frozen features
-        must be given (one view alone is embedded as it is).
-        """
-        if frozen_features is not None:
-            embeds = self.project(self.trainable_features(frozen_features))
-            if mirrored_frozen_features is None:
-                return embeds
-            return (embeds + self.project(self.trainable_features(mirrored_frozen_features))) / 2
+    def views(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The images the embedding reads: the photos (B, 3, H, W), and when averaging mirror images, their mirror
+        images after them (2B, 3, H, W)."""
+        if not self.averages_mirrors:
+            return pixel_values
         both = torch.cat([pixel_values, pixel_values.flip(-1)])
         if pixel_values.is_contiguous(memory_format=torch.channels_last):
             both = both.contiguous(memory_format=torch.channels_last)
-        return self.project(self.backbone_features(both)).view(2, len(pixel_values), -1).mean(0)
+        return both
+
+    def embed(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`feature_maps` of :meth:`views` -> (B, image_embed_dim), the mean of the two views' when averaging
+        mirror images."""
+        embeds = self.project(self.pool(maps))
+        if self.averages_mirrors:
+            return embeds.view(2, len(embeds) // 2, -1).mean(0)
+        return embeds
+
+
+def _feature_stages(backbone: nn.Module) -> tuple[list[str], bool]:
+    """A timm backbone's feature stages: their modules' names in forward order, and whether they are every block
+    of a backbone whose ``forward_intermediates`` numbers the stem 0 and each block after it (its
+    ``extra_blocks``: the EfficientNet family). Otherwise they are the modules ``feature_info`` names, one per
+    index of ``forward_intermediates``."""
+    names = [info["module"] for info in backbone.feature_info]
+    if "extra_blocks" not in inspect.signature(backbone.forward_intermediates).parameters:
+        return names, False
+    # feature_info names the last block of each resolution (MobileNetV2's blocks.0, 1, 2, 4 and 6); every block
+    # of the sequence they belong to is a stage.
+    sequence = names[-1].rpartition(".")[0]
+    return [f"{sequence}.{i}" for i in range(len(backbone.get_submodule(sequence)))], True
+
+
+def _projection(width: int, config: MultiModalConfig) -> nn.Sequential:
+    """A caption vector (B, width) -> the text embedding (B, text_embed_dim)."""
+    return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, config.text_embed_dim), nn.ReLU())
 
 
 class TextEncoder(nn.Module):
-    """Word embeddings -> (Bi)LSTM over packed sequences -> masked mean pool -> projection."""
+    """``text_encoder_type="lstm"``: word embeddings -> (Bi)LSTM over packed sequences -> masked mean pool ->
+    projection. The original notebooks' design; learnt from scratch."""
 
     def __init__(self, config: MultiModalConfig):
         super().__init__()
@@ -261,10 +269,7 @@ class TextEncoder(nn.Module):
             bidirectional=config.lstm_bidirectional,
             dropout=config.dropout if config.lstm_num_layers > 1 else 0.0,
         )
-        lstm_out = config.lstm_hidden_size * (2 if config.lstm_bidirectional else 1)
-        self.projection = nn.Sequential(
-            nn.Dropout(config.dropout), nn.Linear(lstm_out, config.text_embed_dim), nn.ReLU()
-        )
+        self.projection = _projection(config.lstm_hidden_size * (2 if config.lstm_bidirectional else 1), config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids and mask -> (B, text_embed_dim); an empty caption gives a zero embedding."""
@@ -281,6 +286,155 @@ class TextEncoder(nn.Module):
         return self.projection(pooled) * (lengths > 0).unsqueeze(-1).to(states.dtype)
 
 
+class BagTextEncoder(nn.Module):
+    """``text_encoder_type="bag"``: the weighted mean of the embeddings of a text's words and word bigrams
+    (fastText-style), over the whole text, -> projection. Learnt from scratch; word order beyond neighbours is
+    ignored, which costs little on descriptions and makes a long text as cheap as a short one.
+
+    A bigram's embedding is one of ``bag_buckets`` rows chosen by hashing the two word ids, so the table's size
+    does not grow with the data. Each row has a weight, 1 until :meth:`fit_token_weights` sets the inverse
+    document frequencies of the training texts (TF-IDF's weighting: a word that every text has says little).
+    """
+
+    HASH_MULTIPLIER = 1_000_003  # a prime: (first * p + second) spreads the id pairs over the buckets
+    # Each row of the table is updated only by the texts that hold it, with a 1/length share of their gradient:
+    # it learns at 100 times the model's rate, the projection at 10 times (docs/experiments.md).
+    LEARNING_RATE_SCALES = {"embedding.": 100.0, "projection.": 10.0}
+
+    def __init__(self, config: MultiModalConfig):
+        super().__init__()
+        self.vocab_size, self.buckets, self.pad_token_id = config.vocab_size, config.bag_buckets, config.pad_token_id
+        rows = config.vocab_size + config.bag_buckets  # the words, then the bigram buckets
+        self.embedding = nn.EmbeddingBag(rows, config.word_embed_dim, mode="sum", padding_idx=config.pad_token_id)
+        self.register_buffer("token_weights", torch.ones(rows))
+        self.projection = _projection(config.word_embed_dim, config)
+
+    def bag(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) word ids -> (B, 2T - 1) rows of the embedding table: the words, then the bigrams (pad: none)."""
+        words = input_ids.long()
+        if attention_mask is not None:
+            words = words.masked_fill(attention_mask == 0, self.pad_token_id)
+        present = words != self.pad_token_id  # (B, T)
+        first, second = words[:, :-1], words[:, 1:]
+        bigrams = (first * self.HASH_MULTIPLIER + second) % self.buckets + self.vocab_size  # (B, T - 1)
+        bigrams = bigrams.masked_fill(~(present[:, :-1] & present[:, 1:]), self.pad_token_id)
+        return torch.cat([words, bigrams], dim=1)
+
+    @torch.no_grad()
+    def fit_token_weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Weight each row by its smoothed inverse document frequency in these (training) texts,
+        ``log((1 + N) / (1 + df)) + 1`` as scikit-learn's TfidfVectorizer computes it."""
+        size = len(self.token_weights)
+        counts = torch.zeros(size, dtype=torch.long)
+        for start in range(0, len(input_ids), 4096):
+            rows = self.bag(input_ids[start : start + 4096], attention_mask[start : start + 4096]).cpu()  # (b, L)
+            in_texts = torch.unique(torch.arange(len(rows))[:, None] * size + rows)  # each (text, row) once
+            counts += torch.bincount(in_texts % size, minlength=size)
+        idf = torch.log((1 + len(input_ids)) / (1 + counts.double())) + 1
+        self.token_weights.copy_(idf.to(self.token_weights))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) word ids and mask -> (B, text_embed_dim); an empty caption gives a zero embedding."""
+        rows = self.bag(input_ids, attention_mask)  # (B, L)
+        weights = self.token_weights[rows].masked_fill(rows == self.pad_token_id, 0)  # (B, L)
+        total = weights.sum(dim=1, keepdim=True)  # (B, 1)
+        pooled = self.embedding(rows, per_sample_weights=weights) / total.clamp(min=1e-6)  # (B, E) weighted mean
+        return self.projection(pooled) * (total > 0).to(pooled.dtype)
+
+
+class PretrainedTextEncoder(nn.Module):
+    """``text_encoder_type="transformers"``: a transformers encoder (BERT, DistilBERT, RoBERTa, MiniLM, CLIP's or
+    SigLIP's text tower, ...) -> caption vector (``text_pooling``) -> projection.
+
+    Built from ``config.text_model_config`` alone (no download); :meth:`load_pretrained` brings its weights once,
+    for training, and a saved model keeps them in its own ``model.safetensors``. The encoder runs in two parts,
+    as the photo's backbone does: :meth:`caption_features` (the encoder and pooling, frozen unless
+    ``text_trainable_layers`` > 0, so training can compute them once per caption) and the projection.
+    """
+
+    # Fine-tuned pretrained layers learn at a thirtieth of the model's rate (3e-5 at the default 1e-3), as
+    # transformers' fine-tuning recipes do; the projection learns at the model's.
+    LEARNING_RATE_SCALES = {"model.": 0.03}
+
+    def __init__(self, config: MultiModalConfig):
+        super().__init__()
+        model_config = AutoConfig.for_model(**config.text_model_config)
+        self.model = AutoModel.from_config(model_config)
+        self.pooling = config.text_pooling
+        self.trainable_layers = 0
+        self.freeze(config.text_trainable_layers)
+        self.projection = _projection(model_config.hidden_size, config)
+
+    def load_pretrained(self, name: str | os.PathLike) -> None:
+        """The encoder's weights from a hub id or a local folder (transformers' ``from_pretrained``)."""
+        pretrained = type(self.model).from_pretrained(str(name))
+        missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
+        if missing:
+            raise MMClassifierError(f"The weights of {name} do not fit its configuration: missing {missing[:3]}.")
+        del unexpected  # e.g. position ids some checkpoints keep as weights
+
+    def layers(self) -> nn.ModuleList:
+        """The encoder's stack of layers: its longest ``nn.ModuleList`` (BERT's ``encoder.layer``, CLIP's
+        ``encoder.layers``, DistilBERT's ``transformer.layer``, ...)."""
+        stacks = [m for m in self.model.modules() if isinstance(m, nn.ModuleList)]
+        if not stacks:
+            raise MMClassifierError(f"{type(self.model).__name__} has no stack of layers to fine-tune in part.")
+        return max(stacks, key=len)
+
+    def freeze(self, trainable_layers: int) -> None:
+        """Train only the last ``trainable_layers`` layers (0: none), and with ``"pooler"`` pooling also the
+        modules registered after them (a final norm, the pooler), which mean pooling does not read. A frozen
+        encoder runs in inference mode (no dropout)."""
+        layers = self.layers()
+        if trainable_layers > len(layers):
+            raise MMClassifierError(
+                f"text_trainable_layers={trainable_layers}, but {type(self.model).__name__} has {len(layers)} layers."
+            )
+        self.trainable_layers = trainable_layers
+        self.model.requires_grad_(False)
+        if trainable_layers and self.pooling == "pooler":
+            # Parameters are registered in forward order: the first trainable layer's, and every one after it.
+            first = next(layers[len(layers) - trainable_layers].parameters())
+            trainable = False
+            for parameter in self.model.parameters():
+                trainable = trainable or parameter is first
+                parameter.requires_grad_(trainable)
+        elif trainable_layers:
+            layers[len(layers) - trainable_layers :].requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.trainable_layers == 0:
+            self.model.eval()
+        return self
+
+    def caption_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) tokens -> (B, hidden) caption vectors; zeros for a caption without tokens (mask all zero)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        present = attention_mask.sum(dim=1) > 0  # (B,)
+        # A caption without tokens still gets its special tokens' positions, so no attention row is empty.
+        visible = torch.where(present[:, None], attention_mask, torch.ones_like(attention_mask)).long()
+        output = self.model(input_ids=input_ids.long(), attention_mask=visible)
+        if self.pooling == "pooler":
+            pooled = output.pooler_output  # (B, hidden)
+        else:
+            mask = visible.unsqueeze(-1).to(output.last_hidden_state.dtype)  # (B, T, 1)
+            pooled = (output.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B, hidden)
+        return pooled * present.unsqueeze(-1).to(pooled.dtype)
+
+    def forward(self, input_ids=None, attention_mask=None, caption_features=None) -> torch.Tensor:
+        """(B, T) tokens, or cached :meth:`caption_features` (B, hidden), -> (B, text_embed_dim)."""
+        if caption_features is None:
+            caption_features = self.caption_features(input_ids, attention_mask)
+        present = caption_features.abs().sum(dim=1, keepdim=True) > 0
+        return self.projection(caption_features) * present.to(caption_features.dtype)
+
+
+TEXT_ENCODERS = {"lstm": TextEncoder, "bag": BagTextEncoder, "transformers": PretrainedTextEncoder}
+
+
 class MultiModalClassifier(PreTrainedModel):
     """Multi-label concept classifier on a photo, a caption, or both.
 
@@ -295,7 +449,7 @@ class MultiModalClassifier(PreTrainedModel):
     def __init__(self, config: MultiModalConfig):
         super().__init__(config)
         self.image_encoder = ImageEncoder(config) if config.uses_image else None
-        self.text_encoder = TextEncoder(config) if config.uses_text else None
+        self.text_encoder = TEXT_ENCODERS[config.text_encoder_type](config) if config.uses_text else None
         # A fusion model combines the two embeddings (fusion.py); a single-modality model reads its one embedding.
         self.fusion = build_fusion(config) if config.modality == "fusion" else None
         if self.fusion is not None:
@@ -327,10 +481,13 @@ class MultiModalClassifier(PreTrainedModel):
             raise MMClassifierError(f"This is a {self.config.modality}-only model: it has no image encoder.")
         return self.image_encoder(pixel_values, frozen_features, mirrored_frozen_features)
 
-    def encode_text(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """(B, T) token ids -> (B, text_embed_dim)."""
+    def encode_text(self, input_ids=None, attention_mask=None, caption_features=None) -> torch.Tensor:
+        """(B, T) token ids, or a transformers encoder's cached ``caption_features`` (B, hidden), ->
+        (B, text_embed_dim)."""
         if self.text_encoder is None:
             raise MMClassifierError(f"This is a {self.config.modality}-only model: it has no text encoder.")
+        if caption_features is not None:
+            return self.text_encoder(caption_features=caption_features)
         return self.text_encoder(input_ids, attention_mask)
 
     def classify(self, image_embeds=None, text_embeds=None) -> torch.Tensor:
@@ -364,6 +521,7 @@ class MultiModalClassifier(PreTrainedModel):
         mirrored_frozen_features: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
+        caption_features: torch.Tensor | None = None,
         **kwargs,
     ) -> MultiModalOutput:
         """Predict concept logits from a photo (``pixel_values`` or cached ``frozen_features``) and/or a caption.
@@ -379,9 +537,11 @@ class MultiModalClassifier(PreTrainedModel):
                 encoder's embeddings can be computed once per photo).
             text_embeds: (B, text_embed_dim) from :meth:`encode_text`, instead of ``input_ids`` (likewise once
                 per caption for a frozen text encoder).
+            caption_features: (B, hidden) a frozen transformers encoder's pooled caption vectors
+                (:meth:`PretrainedTextEncoder.caption_features`), instead of ``input_ids``.
         """
         has_image = pixel_values is not None or frozen_features is not None or image_embeds is not None
-        has_text = input_ids is not None or text_embeds is not None
+        has_text = input_ids is not None or text_embeds is not None or caption_features is not None
         if not has_image and not has_text:
             raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
         if not self.config.uses_image:
@@ -391,7 +551,7 @@ class MultiModalClassifier(PreTrainedModel):
         if not self.config.uses_text:
             text_embeds = None
         elif has_text and text_embeds is None:
-            text_embeds = self.encode_text(input_ids, attention_mask)  # (B, Dt)
+            text_embeds = self.encode_text(input_ids, attention_mask, caption_features)  # (B, Dt)
         if self.training:
             # A frozen encoder runs in inference mode; its embedding gets the dropout its own layers would apply.
             if image_embeds is not None and "image" in self.frozen_encoders:
@@ -450,7 +610,8 @@ class MultiModalClassifier(PreTrainedModel):
     # -------------------------------------------------------------------------------- backbone
 
     def freeze_backbone(self, trainable_blocks: int = 0) -> None:
-        """Freeze the image backbone except its last ``trainable_blocks`` blocks (0: frozen entirely)."""
+        """Freeze the image backbone except its last ``trainable_blocks`` feature stages (0: frozen entirely); see
+        :meth:`ImageEncoder.freeze`."""
         if self.image_encoder is None:
             raise MMClassifierError("A text-only model has no backbone to freeze.")
         self.image_encoder.freeze(trainable_blocks)

@@ -16,7 +16,7 @@ from .data import DataSource, arrow_batches, load_photos, to_pairs
 from .errors import MMClassifierError
 from .labels import load_label_file
 from .processing import MultiModalProcessor
-from .tokenization import build_tokenizer
+from .text_models import caption_tokenizer, fit_max_length
 
 SPLITS = ("train", "validation", "test")
 
@@ -156,12 +156,15 @@ class SplitInputs:
         photos: one row per photo, of the kind ``photo_input`` names (a tensor or a ``features.PhotoTable``).
         mirrored: the same for the photos' mirror images (cached frozen features with mirror averaging).
         text_embeds: (N, Dt) a frozen text encoder's embedding of each pair's caption.
+        caption_features: (N, hidden) a frozen transformers encoder's caption vectors, which the text encoder's
+            trainable projection reads.
     """
 
     photo_input: PhotoInput | None = None
     photos: object | None = None
     mirrored: object | None = None
     text_embeds: torch.Tensor | None = None
+    caption_features: torch.Tensor | None = None
 
 
 class PairCollator:
@@ -179,13 +182,17 @@ class PairCollator:
         model_inputs = {"labels": batch["labels"]}
         if self.uses_image:
             model_inputs.update(self._photos(batch["photo_index"].cpu(), batch["labels"].device, training))
-        if self.uses_text and self.inputs.text_embeds is not None:
-            model_inputs["text_embeds"] = self.inputs.text_embeds[batch["row"].cpu()].to(batch["labels"].device)
-        elif self.uses_text:
-            length = max(1, int(batch["attention_mask"].sum(1).max()))  # trim the padding the batch shares
-            model_inputs["input_ids"] = batch["input_ids"][:, :length]
-            model_inputs["attention_mask"] = batch["attention_mask"][:, :length]
+        if self.uses_text:
+            model_inputs.update(self._captions(batch))
         return model_inputs
+
+    def _captions(self, batch: dict) -> dict:
+        for name in ("text_embeds", "caption_features"):  # tables computed once per caption
+            table = getattr(self.inputs, name)
+            if table is not None:
+                return {name: table[batch["row"].cpu()].to(batch["labels"].device)}
+        length = max(1, int(batch["attention_mask"].sum(1).max()))  # trim the padding the batch shares
+        return {"input_ids": batch["input_ids"][:, :length], "attention_mask": batch["attention_mask"][:, :length]}
 
     def _photos(self, index: torch.Tensor, device, training: bool) -> dict:
         kind, photos = self.inputs.photo_input, self.inputs.photos[index].to(device)
@@ -216,6 +223,7 @@ class TrainingData:
     concepts: list[str]
     tokenizer: object
     lexicon: dict | None  # None for given labels
+    max_length: int  # tokens a caption keeps (the pair tables are cut there)
     report_split: str = "test"
     held_out_photos: int = 0
 
@@ -223,13 +231,17 @@ class TrainingData:
 def load_training_data(
     dataset: str | DataSource, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
     max_train_samples: int | None = None, main_process_first=contextlib.nullcontext, labels_file=None,
+    text_encoder: str = "lstm", max_length: int | None = None,
 ) -> TrainingData:
     """Load a data set, label its pairs (given labels, or concepts mined leave-one-out), build the tokenizer on the
-    training captions.
+    training captions (or load a pretrained encoder's) and choose how many tokens a caption keeps.
 
     Args:
         dataset: a data set name or path, or a :class:`~mm_classifier.data.DataSource` with the options to read it.
         labels_file: for a data set with given labels, a file naming the label set (default: the training labels).
+        text_encoder: ``"lstm"``, ``"bag"`` or a transformers encoder's hub id or folder (its tokenizer is used).
+        max_length: tokens a caption keeps; default: :func:`~mm_classifier.text_models.fit_max_length` of the
+            training captions.
         main_process_first: a context manager (Accelerate's ``main_process_first``) around the cached
             ``datasets`` work, so that other processes reuse the main process's cache files.
     """
@@ -251,11 +263,13 @@ def load_training_data(
         if len(photos[split]) == 0:
             raise MMClassifierError(f"The {split} split of {dataset} is empty; it needs photos to train and evaluate.")
     # The sample's vocabulary is tiny and complete; on real captions, words seen once are mostly noise.
-    captions = (text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist())
-    tokenizer = build_tokenizer(captions, min_frequency=1 if str(dataset) == "sample" else 2)
+    captions = [text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist()]
+    tokenizer = caption_tokenizer(text_encoder, captions, min_frequency=1 if str(dataset) == "sample" else 2)
+    max_length = max_length or fit_max_length(tokenizer, captions)
     return TrainingData(
-        splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer)),
+        splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer, max_length=max_length)),
         concepts=pairs["train"].features["labels"].feature.names,
         # Given labels are no lexicon's concepts: the model config then records no concept words.
-        tokenizer=tokenizer, lexicon=None if given else lexicon, report_split=report_split, held_out_photos=held_out,
+        tokenizer=tokenizer, lexicon=None if given else lexicon, max_length=max_length, report_split=report_split,
+        held_out_photos=held_out,
     )

@@ -287,7 +287,11 @@ class MultiModalProcessor(ProcessorMixin):
                 "input_ids": torch.full((len(text), 1), pad, dtype=torch.long),
                 "attention_mask": torch.zeros((len(text), 1), dtype=torch.long),
             }
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        # A blank caption is no caption for every encoder, although a transformers tokenizer still gives it its
+        # special tokens ([CLS] [SEP]): no position is attended, and the model embeds it as zeros.
+        blank = torch.tensor([not t.strip() for t in text])
+        attention_mask = encoded["attention_mask"].masked_fill(blank[:, None], 0)
+        return {"input_ids": encoded["input_ids"], "attention_mask": attention_mask}
 
     # ------------------------------------------------------------------------------------------ save/load
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .errors import MMClassifierError
-from .features import cached_frozen_features, photo_pixels, photos_key
+from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
 from .modelcard import write_model_card
 from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs
@@ -118,17 +118,25 @@ def split_inputs(
     model, processor, split: Split, photo_input: PhotoInput | None, device, num_proc: int | None
 ) -> SplitInputs:
     """What a split's batches read, computed once per stage: the photos' pixels, their cached frozen features
-    (and their mirror images'), or a frozen image encoder's embeddings; a frozen text encoder's caption embeddings.
+    (and their mirror images'), or a frozen image encoder's embeddings; a frozen text encoder's caption embeddings,
+    or a frozen transformers encoder's caption vectors (cached on disk).
 
     Call it inside Accelerate's ``main_process_first`` so that other processes reuse the caches.
     """
     inputs = SplitInputs(photo_input=photo_input)
     if photo_input is not None:
         inputs.photos, inputs.mirrored = _photo_tables(model, processor, split.photos, photo_input, device, num_proc)
-    if "text" in model.frozen_encoders:
-        pairs = split.pairs
-        text = [pairs.input_ids, pairs.attention_mask]
-        inputs.text_embeds = frozen_embeds(model.text_encoder, model.encode_text, text, device)
+    if not model.config.uses_text:
+        return inputs
+    tokens = [split.pairs.input_ids, split.pairs.attention_mask]
+    if model.config.text_encoder_type == "transformers" and model.text_encoder.trainable_layers == 0:
+        inputs.caption_features = cached_caption_features(model, *tokens, device=device)
+    if "text" in model.frozen_encoders and inputs.caption_features is None:
+        inputs.text_embeds = frozen_embeds(model.text_encoder, model.encode_text, tokens, device)
+    elif "text" in model.frozen_encoders:  # the projection of the cached vectors is all that runs
+        inputs.text_embeds = frozen_embeds(model.text_encoder, lambda features: model.encode_text(
+            caption_features=features), [inputs.caption_features], device)
+        inputs.caption_features = None
     return inputs
 
 
@@ -173,10 +181,23 @@ def dataloaders(train: PairTable, validation: PairTable, test: PairTable, batch_
 
 
 def optimizer_and_schedule(model, learning_rate: float, weight_decay: float, steps_per_epoch: int, epochs: int):
-    """AdamW on the trainable parameters, with half an epoch of warm-up (at least one step) and cosine decay."""
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
-    )
+    """AdamW on the trainable parameters, with half an epoch of warm-up (at least one step) and cosine decay.
+
+    A part of the model may scale ``learning_rate`` for its own parameters: a module class's
+    ``LEARNING_RATE_SCALES`` maps a parameter name prefix (within the module) to a factor (the bag's embedding table
+    learns 100 times faster, a pretrained encoder's layers fine-tune 30 times slower).
+    """
+    scales = {}
+    for module_name, module in model.named_modules():
+        for prefix, scale in getattr(type(module), "LEARNING_RATE_SCALES", {}).items():
+            scales[f"{module_name}.{prefix}" if module_name else prefix] = scale
+    groups: dict[float, list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            scale = next((s for prefix, s in scales.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(scale, []).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": learning_rate * scale} for scale, params in groups.items()],
+                                  lr=learning_rate, weight_decay=weight_decay)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=max(1, steps_per_epoch // 2),
                               num_training_steps=steps_per_epoch * epochs)
     return optimizer, scheduler
@@ -272,7 +293,8 @@ def describe_training(model, photo_input: PhotoInput | None) -> str:
     if model.image_encoder is not None:
         blocks, encoder = model.image_encoder.trainable_blocks, model.image_encoder
         parts.append("backbone " + ("frozen" if blocks == 0 else "trainable" if blocks == encoder.num_stages
-                                    else f"last {blocks} blocks trainable"))
+                                    else f"last {blocks} of {encoder.num_stages} stages trainable "
+                                         f"({encoder.stages[-blocks]} on)"))
     parts += [f"{name} encoder frozen" for name in sorted(model.frozen_encoders)]
     if photo_input in (PhotoInput.FROZEN_FEATURES, PhotoInput.IMAGE_EMBEDS):
         parts.append("cached features")

@@ -57,3 +57,30 @@ def predictor(tiny_model):
 def photo(tiny_folder):
     """One photo of the tiny folder."""
     return str(tiny_folder / "images" / "scene_00000.png")
+
+
+def make_tiny_bert(folder, words=()):
+    """A tiny random BERT encoder with its tokenizer in ``folder``: the stand-in for a hub text encoder (tests never
+    download one). The vocabulary: BERT's special tokens, ``words`` and the letters (so any word tokenizes)."""
+    import string
+
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in words),
+             *string.ascii_lowercase, *(f"##{c}" for c in string.ascii_lowercase), *string.digits, *".,!?'-"]
+    vocab = list(dict.fromkeys(vocab))
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)})
+    config = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tiny_folder):
+    """A tiny random BERT folder whose vocabulary knows the tiny folder's caption words."""
+    import re
+
+    words = re.findall(r"[a-z]+", (tiny_folder / "captions.txt").read_text().lower())
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), words)

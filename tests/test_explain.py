@@ -100,10 +100,19 @@ def block_features_predictor(predictor):
     return Predictor(MultiModalClassifier(config), MultiModalProcessor(image_size=64), device="cpu")
 
 
-@pytest.mark.parametrize("which", ["tiny model", "two blocks' maps"])
+def untrained_predictor(backbone, image_feature_blocks=None, mirror=True):
+    """An untrained mirror-averaged image model on ``backbone`` at 64 pixels."""
+    config = MultiModalConfig(modality="image", backbone=backbone, image_size=64, image_mirror_average=mirror,
+                              image_feature_blocks=image_feature_blocks, id2label={0: "dog", 1: "ball", 2: "car"})
+    return Predictor(MultiModalClassifier(config), MultiModalProcessor(image_size=64), device="cpu")
+
+
+@pytest.mark.parametrize("which", ["tiny model", "two blocks' maps", "a ViT's patch tokens"])
 def test_a_mirror_averaged_model_s_heat_map_follows_the_photo_when_it_is_mirrored(predictor, photo, caption, which):
-    if which != "tiny model":
+    if which == "two blocks' maps":
         predictor, caption = block_features_predictor(predictor), None
+    elif which == "a ViT's patch tokens":  # read as a grid: rows and columns the right way round
+        predictor, caption = untrained_predictor("test_vit"), None
     assert predictor.model.config.image_mirror_average
     size = predictor.model.config.image_size
     plain = Image.open(photo).convert("RGB").resize((size, size))  # at the model's size: no resampling after
@@ -114,6 +123,16 @@ def test_a_mirror_averaged_model_s_heat_map_follows_the_photo_when_it_is_mirrore
         assert flipped.probability == pytest.approx(entry.probability, abs=1e-5)
         assert entry.heatmap.max() == pytest.approx(1.0)
         np.testing.assert_allclose(flipped.heatmap, entry.heatmap[:, ::-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["test_efficientnet", "test_resnet", "test_convnext", "test_vit"])
+@pytest.mark.parametrize("blocks", [None, [-2, -1]])
+def test_every_family_gives_a_heat_map_of_the_photo(photo, backbone, blocks):
+    predictor = untrained_predictor(backbone, blocks, mirror=False)
+    wide = Image.open(photo).convert("RGB").resize((80, 48))
+    for entry in explain(predictor, wide, concepts=predictor.concepts).concepts:
+        assert entry.heatmap.shape == (48, 80)
+        assert entry.heatmap.max() == pytest.approx(1.0)  # some evidence somewhere: not a map of zeros
 
 
 # ------------------------------------------------------------------------------------------- bad input

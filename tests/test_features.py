@@ -63,7 +63,7 @@ def test_cached_frozen_features_never_load_the_pixels_again(photos):
     assert isinstance(table, PhotoTable)  # rows read from the memory-mapped cache file, a batch at a time
     built = table.tensor()
     assert calls == [1]  # a cache miss loads the pixels once
-    expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()))
+    expected = model.image_encoder.backbone_features(processor.normalize(pixels.tensor()))
     torch.testing.assert_close(built.float(), expected, atol=1e-2, rtol=1e-2)  # stored in float16
 
     def must_not_load():
@@ -83,10 +83,10 @@ def test_cached_frozen_features_never_load_the_pixels_again(photos):
         other.image_encoder.backbone.conv_stem.weight.mul_(2)
     rebuilt = cached_frozen_features(load, key, other, processor, num_photos=len(photos)).tensor()
     assert calls == [1, 1] and not torch.equal(rebuilt, built)
-    # So is another frozen part: with the last block trainable, the map entering it is cached.
+    # Trainable stages train on pixels: only a wholly frozen backbone's features are cached.
     model.freeze_backbone(1)
-    partial = cached_frozen_features(load, key, model, processor, num_photos=len(photos)).tensor()
-    assert calls == [1, 1, 1] and partial.dim() == 4 and len(partial) == len(photos)
+    with pytest.raises(ValueError, match="wholly frozen backbone"):
+        cached_frozen_features(load, key, model, processor, num_photos=len(photos))
 
 
 def test_mirror_images_outputs_are_cached_apart(photos):
@@ -96,7 +96,7 @@ def test_mirror_images_outputs_are_cached_apart(photos):
     key = photos_key(photos) + "32-mirror-test"
     plain = cached_frozen_features(pixels, key, model, processor).tensor()
     mirrored = cached_frozen_features(pixels, key, model, processor, mirror=True).tensor()
-    expected = model.image_encoder.frozen_features(processor.normalize(pixels.tensor()).flip(-1))
+    expected = model.image_encoder.backbone_features(processor.normalize(pixels.tensor()).flip(-1))
     torch.testing.assert_close(mirrored.float(), expected, atol=1e-2, rtol=1e-2)
     assert not torch.equal(plain, mirrored)
 

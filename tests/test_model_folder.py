@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
+from conftest import make_tiny_bert
 from mm_classifier import (
     PIPELINE_TASK,
     MMClassifierError,
@@ -22,19 +23,29 @@ from mm_classifier import (
     build_tokenizer,
 )
 from mm_classifier.hub import push_folder
+from mm_classifier.text_models import caption_tokenizer, pretrained_text_config
 
 CAPTIONS = ["a dog runs on the beach", "a man in a red shirt", "two dogs play in the snow"]
 CODE_FILES = ["configuration.py", "errors.py", "fusion.py", "modeling.py", "pipeline.py", "processing.py"]
 DATA_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 
 
-def save_tiny_model(folder: Path, modality: str = "fusion") -> tuple[MultiModalClassifier, MultiModalProcessor]:
-    """A tiny random model and its processor, saved the way train.py saves them."""
-    tokenizer = build_tokenizer(CAPTIONS, min_frequency=1)
+def save_tiny_model(folder: Path, modality: str = "fusion", text_encoder: str = "lstm"
+                    ) -> tuple[MultiModalClassifier, MultiModalProcessor]:
+    """A tiny random model and its processor, saved the way train.py saves them; ``text_encoder`` "transformers"
+    is a tiny random BERT."""
+    text = {}
+    if text_encoder == "transformers":
+        bert = make_tiny_bert(folder.parent / "bert", " ".join(CAPTIONS).split())
+        tokenizer = caption_tokenizer(str(bert), CAPTIONS)
+        text = {"text_model_config": pretrained_text_config(str(bert))[0]}
+    else:
+        tokenizer = build_tokenizer(CAPTIONS, min_frequency=1)
     config = MultiModalConfig(
         modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=len(tokenizer),
         id2label={0: "dog", 1: "beach", 2: "man"}, thresholds=[0.3, 0.5, 0.6], image_embed_dim=16, text_embed_dim=16,
-        word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16],
+        word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16], text_encoder_type=text_encoder,
+        pad_token_id=tokenizer.pad_token_id, bag_buckets=64, **text,
     )
     torch.manual_seed(0)
     model = MultiModalClassifier(config).eval()
@@ -100,9 +111,10 @@ with open(out, "w") as file:
 """
 
 
-def test_folder_loads_without_mm_classifier(tmp_path, photo):
+@pytest.mark.parametrize("text_encoder", ["lstm", "bag", "transformers"])
+def test_folder_loads_without_mm_classifier(tmp_path, photo, text_encoder):
     folder = tmp_path / "model"
-    model, processor = save_tiny_model(folder)
+    model, processor = save_tiny_model(folder, text_encoder=text_encoder)
     cases = [{"images": str(photo), "text": CAPTIONS[0]}, {"images": str(photo)}, {"text": CAPTIONS[0]}]
     out = tmp_path / "child.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}

@@ -104,15 +104,16 @@ def test_frozen_encoders_stay_fixed_and_in_inference_mode_while_the_fusion_layer
 
 def test_cached_frozen_features_give_the_same_logits_as_pixels():
     model = MultiModalClassifier(tiny_config())
-    model.freeze_backbone(1)
+    model.freeze_backbone(0)
     model.eval()
     batch = inputs()
-    stem = model.image_encoder.frozen_features(batch["pixel_values"])
+    features = model.image_encoder.backbone_features(batch["pixel_values"])
     direct = model(**batch).logits
-    cached = model(frozen_features=stem, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    cached = model(frozen_features=features, input_ids=batch["input_ids"],
+                   attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(direct, cached)
     # Precomputed image embeddings (train.py's path for a frozen image encoder) give the same logits too.
-    embeds = model.encode_image(frozen_features=stem)
+    embeds = model.encode_image(frozen_features=features)
     given = model(image_embeds=embeds, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     torch.testing.assert_close(given.logits, direct)
     torch.testing.assert_close(model(image_embeds=embeds).logits, model(pixel_values=batch["pixel_values"]).logits)
@@ -144,7 +145,7 @@ def test_mirror_average_embeds_a_photo_and_its_mirror_alike_in_inference_only():
         # In training the photo is one view (the collator's augmentation chooses which); so is one cached view.
         torch.testing.assert_close(model.train().encode_image(pixels), views[0])
         model.eval()
-        cached = [encoder.frozen_features(x) for x in (pixels, pixels.flip(-1))]
+        cached = [encoder.backbone_features(x) for x in (pixels, pixels.flip(-1))]
         torch.testing.assert_close(model.encode_image(frozen_features=cached[0]), views[0])
         # Both cached views: the same average as from pixels.
         torch.testing.assert_close(model.encode_image(frozen_features=cached[0], mirrored_frozen_features=cached[1]),
@@ -174,11 +175,9 @@ def test_features_from_chosen_blocks_through_pixels_and_cached_frozen_features(t
     assert model.image_encoder.projection[1].in_features == expected.shape[1]
     torch.testing.assert_close(model.image_encoder.backbone_features(pixels), expected)
     direct = model(pixel_values=pixels).logits
-    for trainable in (0, 1, 2, n):  # the cached frozen part's output gives the same features at every split point
-        model.freeze_backbone(trainable)
-        model.eval()
-        stem = model.image_encoder.frozen_features(pixels)
-        torch.testing.assert_close(model(frozen_features=stem).logits, direct)
+    model.freeze_backbone(0)
+    model.eval()
+    torch.testing.assert_close(model(frozen_features=model.image_encoder.backbone_features(pixels)).logits, direct)
     model.save_pretrained(tmp_path)
     loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
     assert loaded.config.image_feature_blocks == [-2, -1]
@@ -210,13 +209,12 @@ def test_local_projection_projects_every_position_then_averages(blocks, tmp_path
     torch.testing.assert_close(encoder(pixels), expected)
     assert not torch.allclose(expected, encoder.projection(features.mean(dim=(2, 3))))  # not pool-then-project
     direct = model(**batch).logits
-    for trainable in (0, 2, encoder.num_blocks):  # cached maps at several split points give the same logits
-        model.freeze_backbone(trainable)
-        model.eval()
-        stem = encoder.frozen_features(pixels)
-        assert stem.dim() == 4
-        text = {k: v for k, v in batch.items() if k != "pixel_values"}
-        torch.testing.assert_close(model(frozen_features=stem, **text).logits, direct)
+    model.freeze_backbone(0)
+    model.eval()
+    cached = encoder.backbone_features(pixels)  # a frozen backbone's cached maps give the same logits
+    assert cached.dim() == 4
+    text = {k: v for k, v in batch.items() if k != "pixel_values"}
+    torch.testing.assert_close(model(frozen_features=cached, **text).logits, direct)
     model.save_pretrained(tmp_path)
     loaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
     assert loaded.config.image_local_projection is True
@@ -241,19 +239,85 @@ def test_with_chosen_stages_every_parameter_that_asks_for_a_gradient_gets_one():
 
 
 def test_chosen_blocks_and_trainable_blocks_are_checked():
-    with pytest.raises(MMClassifierError, match="blocks 0 to"):
+    # test_efficientnet's stages are its five blocks (forward_intermediates numbers its stem 0, before them).
+    with pytest.raises(MMClassifierError, match=r"stages are 0 to 4 \(or -5 to -1\): blocks.0, .*, blocks.4\."):
         MultiModalClassifier(tiny_config(image_feature_blocks=[99]))
     with pytest.raises(ValueError, match="image_feature_blocks"):
         tiny_config(image_feature_blocks=[1, 1])
-    model = MultiModalClassifier(tiny_config(image_feature_blocks=[0, -1]))
-    with pytest.raises(MMClassifierError, match="frozen blocks whose output is cached"):
-        model.freeze_backbone(1)
     encoder = MultiModalClassifier(tiny_config()).image_encoder
-    assert encoder.trainable_blocks == encoder.num_stages == encoder.num_blocks + 1  # trains whole until frozen
-    with pytest.raises(MMClassifierError, match=f"between 0 and {encoder.num_blocks}, got -1"):
+    assert encoder.trainable_blocks == encoder.num_stages == 6  # trains whole until frozen
+    with pytest.raises(MMClassifierError, match="between 0 and 5, got -1"):
         encoder.freeze(-1)
-    with pytest.raises(MMClassifierError, match="EfficientNet-family"):
-        MultiModalClassifier(tiny_config(backbone="resnet10t", modality="image")).freeze_backbone(1)
+    with pytest.raises(MMClassifierError, match="between 0 and 5, got 6"):
+        encoder.freeze(6)
+    resnet = MultiModalClassifier(tiny_config(backbone="test_resnet", modality="image"))
+    with pytest.raises(MMClassifierError, match="between 0 and 4, got 5"):
+        resnet.freeze_backbone(5)
+    with pytest.raises(MMClassifierError, match="stages are 0 to 4 .*: act1, layer1, layer2, layer3, layer4"):
+        MultiModalClassifier(tiny_config(backbone="test_resnet", image_feature_blocks=[-6]))
+    with pytest.raises(MMClassifierError, match="final features are tokens; choose its blocks"):
+        MultiModalClassifier(tiny_config(backbone="test_vit", image_local_projection=True))
+
+
+# timm's tiny test models of each family (built offline): the parameters that trainable_blocks=1 leaves
+# trainable, and the modules of the last two feature stages.
+FAMILIES = {
+    "test_efficientnet": (("blocks.4.", "conv_head.", "bn2."), ("blocks.3", "blocks.4")),
+    "test_resnet": (("layer4.",), ("layer3", "layer4")),
+    "test_convnext": (("stages.3.", "head.norm."), ("stages.2", "stages.3")),
+    "test_vit": (("blocks.5.", "norm."), ("blocks.4", "blocks.5")),
+}
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_each_family_trains_only_its_last_stage_and_what_follows_it(backbone):
+    trained, _ = FAMILIES[backbone]
+    model = MultiModalClassifier(tiny_config(backbone=backbone, modality="image"))
+    model.freeze_backbone(1)
+    model.train()
+    model(pixel_values=inputs(2)["pixel_values"], labels=torch.ones(2, 3)).loss.backward()
+    parameters = dict(model.image_encoder.backbone.named_parameters())
+    trainable = {name for name, p in parameters.items() if p.requires_grad}
+    assert trainable == {name for name in parameters if name.startswith(trained)}
+    assert all(parameters[name].grad is not None for name in trainable)
+    assert all(p.grad is None for name, p in parameters.items() if name not in trainable)
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+@pytest.mark.parametrize("blocks", [None, [-2, -1]])
+def test_each_family_s_cached_frozen_features_give_the_pixels_embedding(backbone, blocks):
+    model = MultiModalClassifier(tiny_config(backbone=backbone, modality="image", image_feature_blocks=blocks,
+                                             image_local_projection=blocks is not None, image_mirror_average=True))
+    model.freeze_backbone(0)
+    model.eval()
+    encoder, pixels = model.image_encoder, inputs()["pixel_values"]
+    with torch.no_grad():
+        plain, mirrored = (encoder.backbone_features(x) for x in (pixels, pixels.flip(-1)))
+        torch.testing.assert_close(model.encode_image(frozen_features=plain, mirrored_frozen_features=mirrored),
+                                   model.encode_image(pixels))
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_each_family_s_chosen_stages_are_its_last_stages_pooled(backbone):
+    _, last_two = FAMILIES[backbone]
+    model = MultiModalClassifier(tiny_config(backbone=backbone, modality="image", image_feature_blocks=[-2, -1]))
+    model.eval()
+    backbone_model, pixels = model.image_encoder.backbone, inputs()["pixel_values"]
+    # By hand: the two stage modules' outputs in a plain forward, pooled; test_vit's patch tokens follow its one
+    # class token.
+    outputs = []
+    for name in last_two:
+        backbone_model.get_submodule(name).register_forward_hook(lambda m, args, output: outputs.append(output))
+    with torch.no_grad():
+        backbone_model(pixels)
+        expected = torch.cat([o.mean(dim=(2, 3)) if o.dim() == 4 else o[:, 1:].mean(dim=1) for o in outputs], dim=1)
+        torch.testing.assert_close(model.image_encoder.backbone_features(pixels), expected)
+    # With its last stage trainable every parameter that asks for a gradient gets one: none after the chosen stages.
+    model.freeze_backbone(1)
+    model.train()
+    model(pixel_values=inputs(2)["pixel_values"], labels=torch.ones(2, 3)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and any(p.requires_grad for p in backbone_model.parameters())
 
 
 def test_save_and_load_give_identical_logits(tmp_path):

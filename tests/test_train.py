@@ -1,5 +1,6 @@
 """End-to-end runs of train.py (slow) and its argument checks."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -12,7 +13,9 @@ from safetensors.torch import load_file
 
 import train
 from conftest import TINY_TRAIN_ARGS
-from mm_classifier import Predictor
+from mm_classifier import MultiModalConfig, Predictor
+from mm_classifier.labels import DEFAULT_MIN_VOTES
+from mm_classifier.options import default_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("test_micro_f1", "test_macro_f1", "test_mAP", "test_roc_auc")
@@ -178,3 +181,58 @@ def test_malformed_options_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def options_of(parser):
+    """Each option of the parser but --help, by its flags."""
+    return {tuple(a.option_strings): a for a in parser._actions if a.dest != "help"}
+
+
+def documented_options() -> dict[tuple[str, ...], str]:
+    """docs/training.md's option tables: each row's flags and its default column, as plain text."""
+    section = (ROOT / "docs" / "training.md").read_text().split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (`--.*?) \| *(.*?) *\| .* \|$", section, re.MULTILINE)
+    return {tuple(re.findall(r"`(--[\w-]+)`", flags)): default.replace("`", "") for flags, default in rows}
+
+
+def test_every_option_has_help_and_the_docs_table_lists_each_with_its_default():
+    options = options_of(train.build_parser())
+    assert [flags for flags, action in options.items() if not action.help] == []
+    documented = documented_options()
+    assert sorted(set(options) - set(documented)) == [], "options missing from docs/training.md's table"
+    assert sorted(set(documented) - set(options)) == [], "docs/training.md's table lists options train.py lacks"
+    wrong = {flags[0]: (default, default_text(options[flags]) or "") for flags, default in documented.items()
+             if default != (default_text(options[flags]) or "")}
+    assert wrong == {}, "(the docs' default, --help's default)"
+
+
+# Config fields whose flag train.py resolves itself: which models to train (default: all three), and how many
+# tokens a caption keeps (default: from the training texts).
+RESOLVED_BY_TRAIN_PY = {"modality", "max_length"}
+
+
+def test_model_options_default_to_the_config_fields_and_the_sample_to_its_own(tiny_folder, monkeypatch):
+    monkeypatch.setattr(train, "check_pretrained_download", lambda: None)  # tests are offline
+    fields = {f.name: f.default for f in dataclasses.fields(MultiModalConfig)}
+    parser = train.build_parser()
+    flags = set(vars(parser.parse_args([]))) & set(fields)
+    assert flags == RESOLVED_BY_TRAIN_PY | {
+        "backbone", "image_size", "image_mean", "image_std", "image_feature_blocks", "image_local_projection",
+        "text_trainable_layers", "fusion_type", "dropout", "modality_dropout", "min_votes"}
+    real = vars(train.resolve_defaults(parser.parse_args(["--dataset", str(tiny_folder)])))
+    sample = vars(train.resolve_defaults(parser.parse_args([])))
+    for name in flags - RESOLVED_BY_TRAIN_PY:
+        field_default = list(fields[name]) if isinstance(fields[name], tuple) else fields[name]
+        assert real[name] == field_default, name
+        assert sample[name] == train.SAMPLE_DEFAULTS.get(name, field_default), name
+    assert (real["pretrained"], real["text_encoder"], real["epochs"]) == (True, train.DEFAULT_TEXT_ENCODER,
+                                                                           train.DEFAULT_EPOCHS)
+    assert sample["stage_epochs"] == train.SAMPLE_DEFAULTS["epochs"] and sample["pretrained"] is False
+    assert sample["text_encoder"] == train.SAMPLE_DEFAULTS["text_encoder"]
+    # Only the fusion model hides a modality in training (the config's default); the others get 0.
+    args = train.resolve_defaults(parser.parse_args([]))
+    dropouts = {stage: train.model_config(stage, args, ["dog"], vocab_size=2, pad_token_id=0, max_length=4)
+                .modality_dropout for stage in train.STAGES}
+    assert dropouts == {"image": 0.0, "text": 0.0, "fusion": fields["modality_dropout"]}
+    # The config cannot import labels.py (it carries no training code): the two defaults must agree.
+    assert fields["min_votes"] == DEFAULT_MIN_VOTES

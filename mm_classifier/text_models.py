@@ -1,0 +1,96 @@
+"""Which caption encoder a training run builds: the word-level ones learnt from scratch (``lstm``, ``bag``) or a
+pretrained transformers encoder from a hub id or a local folder (its configuration, tokenizer and pooling), and
+how many tokens of a caption it reads."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from .errors import MMClassifierError
+from .tokenization import DEFAULT_MAX_LENGTH, build_tokenizer
+
+WORD_ENCODERS = ("lstm", "bag")  # learnt from scratch on the training captions' word vocabulary
+# A bag reads whole descriptions, where rarer words matter; the lstm keeps the notebooks' vocabulary.
+WORD_VOCAB_SIZE = {"lstm": 5000, "bag": 20000}
+MAX_LENGTH_QUANTILE = 95  # percent of the training texts that max_length leaves uncut (at least DEFAULT_MAX_LENGTH)
+MAX_LENGTH_SAMPLE = 20_000  # captions whose lengths are measured
+MAX_LENGTH_CAP = 512  # the most tokens any caption keeps (a BERT-style encoder's own limit)
+# Text towers whose convention is their own pooled output (the end-of-text token's state), not a mean.
+POOLER_MODEL_TYPES = ("clip_text_model", "siglip_text_model", "siglip2_text_model")
+
+
+def encoder_type(text_encoder: str) -> str:
+    """``train.py --text-encoder``'s value -> the config's ``text_encoder_type``."""
+    return text_encoder if text_encoder in WORD_ENCODERS else "transformers"
+
+
+def check_text_encoder(text_encoder: str) -> None:
+    """Fail before any data loads when a pretrained encoder cannot be had: a missing folder, or a hub id offline."""
+    if text_encoder in WORD_ENCODERS:
+        return
+    path = Path(text_encoder).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MMClassifierError(f"--text-encoder {text_encoder} is a folder without config.json: not a "
+                                    "transformers model folder.")
+        return
+    looks_like_hub_id = text_encoder.count("/") <= 1 and not text_encoder.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise MMClassifierError(f"--text-encoder {text_encoder}: no such folder. Give lstm, bag, a transformers "
+                                "model folder or a hub id (e.g. sentence-transformers/all-MiniLM-L6-v2).")
+    from .hub import hub_unreachable_reason
+
+    reason = hub_unreachable_reason()
+    if reason:
+        raise MMClassifierError(f"--text-encoder {text_encoder} is downloaded from the hub, but {reason}. Pass a "
+                                "local model folder instead, or use --text-encoder bag (no download).")
+
+
+def _load(loader, text_encoder: str, what: str):
+    try:
+        return loader(str(Path(text_encoder).expanduser()) if Path(text_encoder).expanduser().is_dir()
+                      else text_encoder)
+    except Exception as err:
+        raise MMClassifierError(f"Cannot load the {what} of --text-encoder {text_encoder} "
+                                f"({type(err).__name__}: {err}).") from err
+
+
+def pretrained_text_config(text_encoder: str) -> tuple[dict, str]:
+    """The text model's configuration as a dict (a composite model's text tower: CLIP, SigLIP) and its pooling."""
+    config = _load(AutoConfig.from_pretrained, text_encoder, "configuration")
+    text_config = getattr(config, "text_config", None) or config
+    pooling = "pooler" if text_config.model_type in POOLER_MODEL_TYPES else "mean"
+    return text_config.to_dict(), pooling
+
+
+def caption_tokenizer(text_encoder: str, captions: Sequence[str], min_frequency: int = 2) -> PreTrainedTokenizerBase:
+    """A word vocabulary learnt from the training captions (``lstm``, ``bag``), or the pretrained encoder's own
+    tokenizer."""
+    if text_encoder in WORD_ENCODERS:
+        return build_tokenizer(captions, vocab_size=WORD_VOCAB_SIZE[text_encoder], min_frequency=min_frequency,
+                               max_length=MAX_LENGTH_CAP)
+    tokenizer = _load(AutoTokenizer.from_pretrained, text_encoder, "tokenizer")
+    if tokenizer.pad_token_id is None:  # e.g. CLIP's: pad with the end-of-text token, as CLIP itself does
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = tokenizer.truncation_side = "right"
+    return tokenizer
+
+
+def fit_max_length(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], limit: int | None = None) -> int:
+    """Tokens a caption may keep: enough for ``MAX_LENGTH_QUANTILE`` percent of the training ``captions``
+    (never below ``DEFAULT_MAX_LENGTH``, so short captions read as before), at most the encoder's ``limit``
+    (default: the tokenizer's own ``model_max_length``, or ``MAX_LENGTH_CAP`` for a tokenizer that sets none)."""
+    if limit is None:
+        limit = min(tokenizer.model_max_length, MAX_LENGTH_CAP) if tokenizer.model_max_length < 100_000 \
+            else MAX_LENGTH_CAP
+    texts = [c for c in captions if isinstance(c, str)]
+    texts = texts[:: max(1, len(texts) // MAX_LENGTH_SAMPLE)]  # evenly spread: a quantile needs no more
+    if not texts:
+        return min(DEFAULT_MAX_LENGTH, limit)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+    return int(min(limit, max(DEFAULT_MAX_LENGTH, math.ceil(np.percentile(lengths, MAX_LENGTH_QUANTILE)))))

@@ -1,0 +1,174 @@
+"""The caption encoders: lstm, bag and a transformers encoder (a tiny random BERT), their training paths, the
+caption-vector cache and how many tokens a caption keeps."""
+
+import json
+
+import pytest
+import torch
+
+import train
+from conftest import TINY_TRAIN_ARGS
+from mm_classifier import MMClassifierError, MultiModalClassifier, MultiModalConfig, MultiModalProcessor, Predictor
+from mm_classifier.features import cached_caption_features
+from mm_classifier.text_models import caption_tokenizer, check_text_encoder, fit_max_length, pretrained_text_config
+from mm_classifier.tokenization import DEFAULT_MAX_LENGTH
+
+CONCEPTS = {0: "dog", 1: "beach", 2: "man"}
+CAPTIONS = ["a dog runs on the beach", "a man walks his dog", "", "the beach at dusk, a man and a dog"]
+
+
+def text_model(encoder: str, tiny_bert=None, **overrides):
+    """A tiny text-only model and its processor."""
+    if encoder == "transformers":
+        tokenizer = caption_tokenizer(str(tiny_bert), CAPTIONS)
+        overrides.setdefault("text_model_config", pretrained_text_config(str(tiny_bert))[0])
+    else:
+        tokenizer = caption_tokenizer(encoder, CAPTIONS, min_frequency=1)
+    config = MultiModalConfig(
+        modality="text", text_encoder_type=encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        id2label=CONCEPTS, text_embed_dim=16, word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16],
+        bag_buckets=97, max_length=64, **overrides,
+    )
+    torch.manual_seed(0)
+    model = MultiModalClassifier(config)
+    if encoder == "transformers":
+        model.text_encoder.load_pretrained(tiny_bert)
+    return model, MultiModalProcessor.from_config(config, tokenizer)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "bag", "transformers"])
+def test_each_encoder_embeds_a_blank_caption_as_zeros_and_trains(encoder, tiny_bert):
+    model, processor = text_model(encoder, tiny_bert, text_trainable_layers=1 if encoder == "transformers" else 0)
+    batch = processor(text=CAPTIONS)
+    out = model(**batch, labels=torch.ones(len(CAPTIONS), 3))
+    assert torch.all(out.text_embeds[2] == 0) and torch.all(out.text_embeds[[0, 1, 3]].abs().sum(1) > 0)
+    out.loss.backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(model.get_parameter(name).grad is not None for name in trainable)
+
+
+def test_bag_reads_neighbouring_word_order_and_the_whole_text(tiny_bert):
+    model, processor = text_model("bag")
+    model.eval()
+
+    def embed(text):
+        return model.encode_text(**processor.tokenize([text]))
+
+    assert not torch.allclose(embed("a dog bites a man"), embed("a man bites a dog"))  # same words, other bigrams
+    long = " ".join(["dog"] * 50)
+    assert processor.tokenize([long + " beach"])["input_ids"].shape[1] == 51  # not cut at 32 tokens
+    assert not torch.allclose(embed(long), embed(long + " beach"))
+
+
+def test_transformers_encoder_trains_only_its_last_layers(tiny_bert):
+    model, _ = text_model("transformers", tiny_bert, text_trainable_layers=1)
+    encoder = model.text_encoder
+    trainable = {name for name, p in encoder.model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("encoder.layer.1.") for name in trainable)
+    frozen, _ = text_model("transformers", tiny_bert)
+    assert not any(p.requires_grad for p in frozen.text_encoder.model.parameters())
+    frozen.train()
+    assert not frozen.text_encoder.model.training  # a frozen encoder runs without dropout
+    with pytest.raises(MMClassifierError, match="has 2 layers"):
+        text_model("transformers", tiny_bert, text_trainable_layers=3)
+
+
+def test_cached_caption_features_give_the_token_path_s_embeddings(tiny_bert):
+    model, processor = text_model("transformers", tiny_bert)
+    model.eval()
+    tokens = processor.tokenize(CAPTIONS)
+    features = cached_caption_features(model, tokens["input_ids"], tokens["attention_mask"], batch_size=2)
+    again = cached_caption_features(model, tokens["input_ids"], tokens["attention_mask"])  # read from the cache
+    assert torch.equal(features, again)
+    with torch.no_grad():
+        direct = model(**tokens).logits
+        cached = model(caption_features=features).logits
+    torch.testing.assert_close(cached, direct, atol=2e-3, rtol=0)  # the cache stores float16
+
+
+def test_max_length_fits_the_training_texts_within_the_encoder_s_limit(tiny_bert):
+    tokenizer = caption_tokenizer("bag", ["word " * n for n in range(1, 200)])
+    assert fit_max_length(tokenizer, ["a short caption"] * 10) == DEFAULT_MAX_LENGTH  # short texts: as before
+    long_texts = ["word " * n for n in range(1, 201)]
+    assert fit_max_length(tokenizer, long_texts) == 191  # the 95th percentile of 1..200 words, 190.05, rounded up
+    assert fit_max_length(tokenizer, long_texts, limit=64) == 64
+    bert = caption_tokenizer(str(tiny_bert), [])
+    assert fit_max_length(bert, ["word " * 600]) == min(bert.model_max_length, 512)
+
+
+def test_a_text_encoder_that_cannot_be_had_fails_fast(tmp_path):
+    with pytest.raises(MMClassifierError, match="HF_HUB_OFFLINE"):
+        check_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(MMClassifierError, match="no such folder"):
+        check_text_encoder(str(tmp_path / "missing" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MMClassifierError, match="without config.json"):
+        check_text_encoder(str(tmp_path / "empty"))
+    assert train.main(["--dataset", "sample", "--text-encoder", "bag", "--text-trainable-layers", "1"]) == 2
+
+
+def test_a_text_model_needs_no_backbone_weights_offline(tiny_folder, tmp_path, capsys):
+    # A pretrained backbone is the default for one's own data, and it cannot be downloaded offline; a text model
+    # has no backbone, so nothing stops it.
+    assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), "--modality", "text",
+                       "--epochs", "1", "--preprocessing-num-proc", "1"]) == 0
+    assert "HF_HUB_OFFLINE" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoder", ["bag", "bert"])
+def test_three_stages_train_save_and_reload_with_each_encoder(encoder, tiny_folder, tiny_bert, tmp_path):
+    text_encoder = str(tiny_bert) if encoder == "bert" else encoder
+    assert train.main(["--dataset", str(tiny_folder), "--output-dir", str(tmp_path), *TINY_TRAIN_ARGS,
+                       "--epochs", "1", "--text-encoder", text_encoder, "--skip-report"]) == 0
+    for stage in ("text", "fusion"):
+        config = json.loads((tmp_path / stage / "config.json").read_text())
+        assert config["text_encoder_type"] == ("transformers" if encoder == "bert" else "bag")
+        assert config["max_length"] >= DEFAULT_MAX_LENGTH
+        predictor = Predictor.from_pretrained(tmp_path / stage)
+        model = MultiModalClassifier.from_pretrained(tmp_path / stage).eval()
+        batch = predictor.processor(text=CAPTIONS)
+        with torch.no_grad():
+            torch.testing.assert_close(predictor.model(**batch).logits, model(**batch).logits)
+    if encoder == "bert":  # the fusion model keeps the text model's encoder, and the BERT weights it started from
+        text = MultiModalClassifier.from_pretrained(tmp_path / "text").text_encoder.state_dict()
+        fusion = MultiModalClassifier.from_pretrained(tmp_path / "fusion").text_encoder.state_dict()
+        assert all(torch.equal(text[name], fusion[name]) for name in text)
+        bert = pretrained_bert_state(tiny_bert)
+        assert all(torch.equal(bert[name], text[f"model.{name}"]) for name in bert)
+
+
+def pretrained_bert_state(folder):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(folder).state_dict()
+
+
+def test_bag_weights_words_by_their_inverse_document_frequency():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    model, processor = text_model("bag")
+    texts = [c for c in CAPTIONS if c]
+    tokens = processor.tokenize(texts)
+    model.text_encoder.fit_token_weights(tokens["input_ids"], tokens["attention_mask"])
+    vectorizer = TfidfVectorizer(token_pattern=r"\w+").fit(texts)
+    vocab = processor.tokenizer.get_vocab()
+    for word, column in vectorizer.vocabulary_.items():
+        assert model.text_encoder.token_weights[vocab[word]].item() == pytest.approx(vectorizer.idf_[column])
+    # A text's embedding is then the IDF-weighted mean: a word every text has ("a") weighs least.
+    assert model.text_encoder.token_weights[vocab["a"]] < model.text_encoder.token_weights[vocab["dusk"]]
+
+
+def test_encoders_scale_the_learning_rate_of_their_own_parameters(tiny_bert):
+    from mm_classifier.training import optimizer_and_schedule
+
+    bag, _ = text_model("bag")
+    optimizer, _ = optimizer_and_schedule(bag, 1e-3, 0.01, steps_per_epoch=10, epochs=1)
+    rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rates[id(bag.text_encoder.embedding.weight)] == pytest.approx(0.1)
+    assert rates[id(bag.text_encoder.projection[1].weight)] == pytest.approx(1e-2)
+    assert rates[id(bag.classifier[0].weight)] == pytest.approx(1e-3)
+    bert, _ = text_model("transformers", tiny_bert, text_trainable_layers=1)
+    optimizer, _ = optimizer_and_schedule(bert, 1e-3, 0.01, steps_per_epoch=10, epochs=1)
+    rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    layer = next(bert.text_encoder.layers()[-1].parameters())
+    assert rates[id(layer)] == pytest.approx(3e-5) and len(rates) == sum(p.requires_grad for p in bert.parameters())
