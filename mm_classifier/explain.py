@@ -219,23 +219,27 @@ def _concept_indices(known: list[str], concepts) -> list[int] | None:
 
 
 def _masked_captions(processor, caption: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The caption's tokens as the model reads them (row 0) and n copies, copy i with token i hidden behind the
-    unknown-word token: ``input_ids`` and ``attention_mask`` (1 + n, T), and the n words as written."""
+    """The caption's tokens as the model reads them (row 0) and n copies, copy i with word i hidden: each of its
+    tokens (a transformers tokenizer's subwords) replaced by the unknown-word token. ``input_ids`` and
+    ``attention_mask`` (1 + n, T), and the n words as written (special tokens such as [CLS] are no words)."""
     tokenizer = processor.tokenizer
     encoded = processor.tokenize([caption])
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (1, T)
-    length = int(attention_mask.sum())
     if tokenizer.unk_token_id is None:
         raise MMClassifierError("The model's tokenizer has no unknown-word token, so words cannot be hidden.")
-    # The words as written (the tokenizer lower-cases): the text under each token's character offsets.
-    offsets = tokenizer(caption, return_offsets_mapping=True)["offset_mapping"]
-    words = [caption[start:end] for start, end in offsets[:length]]
-    if len(words) != length:  # a tokenizer without offsets for some tokens: its own spelling then
-        words = tokenizer.convert_ids_to_tokens(input_ids[0, :length].tolist())
-    masked = input_ids.repeat(1 + length, 1)  # (1 + n, T)
-    positions = torch.arange(length)
-    masked[1 + positions, positions] = tokenizer.unk_token_id
-    return masked, attention_mask.repeat(1 + length, 1), words
+    length = int(attention_mask.sum())
+    # The tokenizer's own word of each token, and its character offsets: the words as written (it lower-cases).
+    spans = tokenizer(caption, return_offsets_mapping=True, truncation=True, max_length=processor.max_length)
+    positions: dict[int, list[int]] = {}
+    for position, word in enumerate(spans.word_ids()[:length]):
+        if word is not None:
+            positions.setdefault(word, []).append(position)
+    offsets = spans["offset_mapping"]
+    words = [caption[offsets[p[0]][0] : offsets[p[-1]][1]] for p in positions.values()]
+    masked = input_ids.repeat(1 + len(words), 1)  # (1 + n, T)
+    for row, word_positions in enumerate(positions.values(), start=1):
+        masked[row, word_positions] = tokenizer.unk_token_id
+    return masked, attention_mask.repeat(1 + len(words), 1), words
 
 
 # ------------------------------------------------------------------------------------------------ photo heat map
