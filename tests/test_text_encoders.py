@@ -172,3 +172,22 @@ def test_encoders_scale_the_learning_rate_of_their_own_parameters(tiny_bert):
     rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
     layer = next(bert.text_encoder.layers()[-1].parameters())
     assert rates[id(layer)] == pytest.approx(3e-5) and len(rates) == sum(p.requires_grad for p in bert.parameters())
+
+
+def test_explanations_group_subwords_into_the_words_as_written(tiny_bert):
+    from mm_classifier.explain import explain
+
+    model, processor = text_model("transformers", tiny_bert)
+    predictor = Predictor(model, processor, device="cpu")
+    caption = "A Zebra-dog runs on the beach"
+    assert len(processor.tokenize([caption])["input_ids"][0]) > 9  # [CLS], [SEP] and subwords of "zebra"
+    words = explain(predictor, None, caption, concepts="dog")["dog"].words
+    assert [word for word, _ in words] == ["A", "Zebra", "-", "dog", "runs", "on", "the", "beach"]
+    # A word's contribution is the probability lost with all of its subwords hidden.
+    tokens = processor.tokenize([caption])
+    hidden = tokens["input_ids"].clone()
+    hidden[0, 2:7] = processor.tokenizer.unk_token_id  # "zebra": z ##e ##b ##r ##a
+    with torch.no_grad():
+        probability = torch.sigmoid(model(**tokens).logits[0, 0])
+        without = torch.sigmoid(model(input_ids=hidden, attention_mask=tokens["attention_mask"]).logits[0, 0])
+    assert words[1][1] == pytest.approx((probability - without).item(), abs=1e-5)
