@@ -24,12 +24,13 @@ from types import SimpleNamespace
 import gradio as gr
 
 from mm_classifier import MMClassifierError, Prediction, Predictor
+from mm_classifier.modelcard import text_encoder_description
 from mm_classifier.plots import heatmap_overlay
 from mm_classifier.predict import caption_for, read_captions_csv
 from mm_classifier.processing import load_image
 
 DEFAULT_MODEL = "outputs/fusion"
-MAX_CAPTION_CHARS = 2000  # longer captions are cut (the model reads 32 words anyway)
+MAX_CAPTION_CHARS = 10_000  # longer texts are cut (a product description runs to a few thousand characters)
 MAX_FILE_SIZE = "10mb"
 MAX_BATCH_PHOTOS = 50
 EXPLAIN_MAX_SIDE = 1024  # photos are explained at most this large: a heat map has the photo's own size
@@ -93,7 +94,7 @@ def model_description(predictor: Predictor, info: ModelInfo) -> str:
     if config.uses_image:
         parts.append(f"backbone `{config.backbone}` at {config.image_size} px")
     if config.uses_text:
-        parts.append(f"{config.vocab_size}-word vocabulary")
+        parts.append(text_encoder_description(config))
     trained = "the built-in synthetic sample" if info.dataset == "sample" else (
         f"`{info.dataset}`" if info.dataset else "unrecorded data (no training_args.json)")
     text = ", ".join(parts) + f"; trained on {trained}"
@@ -109,7 +110,7 @@ def sample_note(predictor: Predictor, info: ModelInfo) -> str | None:
     config = predictor.model.config
     seen = [f"{config.image_size}-px cartoon scenes"] if config.uses_image else []
     if config.uses_text:
-        seen.append(f"captions in a {config.vocab_size}-word vocabulary")
+        seen.append("captions of its few words")
     return (
         f"⚠️ **This is a demo model trained on synthetic scenes** ({' with '.join(seen)}). It knows only those "
         "scenes: on a real photo it still answers, confidently and wrongly. For a model of real photos, download "

@@ -63,6 +63,16 @@ def labelling(config) -> str:
     )
 
 
+def text_encoder_description(config) -> str:
+    """The caption encoder in a few words, e.g. "pretrained text encoder `all-MiniLM-L6-v2` (frozen)"."""
+    if config.text_encoder_type == "transformers":
+        name = str(config.text_model_name or config.text_model_config.get("model_type")).rstrip("/").split("/")[-1]
+        layers = config.text_trainable_layers
+        return f"pretrained text encoder `{name}` ({f'last {layers} layers fine-tuned' if layers else 'frozen'})"
+    kind = {"lstm": "word-level BiLSTM", "bag": "bag of words and word bigrams"}[config.text_encoder_type]
+    return f"{kind} caption encoder ({config.vocab_size}-word vocabulary)"
+
+
 def write_model_card(directory: Path, config, results: dict, dataset: str) -> None:
     """Write the model card ``README.md`` into a saved model's folder.
 
@@ -88,7 +98,7 @@ def write_model_card(directory: Path, config, results: dict, dataset: str) -> No
 # mm_classifier: {config.modality} model
 
 Predicts which of {config.num_labels} concepts appear in {modality}, each with a probability.
-Backbone `{config.backbone}` at {config.image_size} px{mirror}; word-level BiLSTM caption encoder;
+Backbone `{config.backbone}` at {config.image_size} px{mirror}; {text_encoder_description(config)};
 {describe(config)} (`modality={config.modality}`).
 
 ## Concepts
