@@ -106,3 +106,14 @@ def test_card_of_an_incomplete_run_says_what_is_unknown(tmp_path):
     card = model_card(tmp_path, card_config(), results={})
     assert "; ? training rows; tested on ?\n" in card
     assert "|---|---:|\n\n" in card  # an empty results table
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    ({}, "word-level BiLSTM caption encoder (50-word vocabulary)"),
+    ({"text_encoder_type": "bag"}, "bag of words and word bigrams caption encoder (50-word vocabulary)"),
+    ({"text_encoder_type": "transformers", "text_model_config": {"model_type": "bert"},
+      "text_model_name": "/models/all-MiniLM-L6-v2/", "text_trainable_layers": 2},
+     "pretrained text encoder `all-MiniLM-L6-v2` (last 2 layers fine-tuned)"),
+])
+def test_card_names_the_text_encoder(tmp_path, overrides, phrase):
+    assert phrase in model_card(tmp_path, card_config(**overrides))
