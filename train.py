@@ -35,6 +35,7 @@ from mm_classifier.metrics import compute_metrics
 from mm_classifier.options import HelpFormatter, at_least, config_argument
 from mm_classifier.pairs import SPLITS, PairCollator, PhotoInput, load_training_data, photo_rows
 from mm_classifier.text_models import (
+    AUTO,
     MAX_LENGTH_QUANTILE,
     check_text_encoder,
     encoder_type,
@@ -57,16 +58,14 @@ from mm_classifier.training import (
 STAGES = ("image", "text", "fusion")
 DEFAULT_EPOCHS = 15
 # Real descriptions are better read as a bag of words and bigrams (docs/experiments.md).
-DEFAULT_TEXT_ENCODER = "bag"
+DEFAULT_TEXT_ENCODER = AUTO  # the lstm for short captions, the bag for longer texts (text_models.AUTO)
 # The built-in sample's own defaults, where they differ from real data's (resolve_defaults applies them; the help
 # names both). The sample is tiny and offline: no pretrained weights. MobileNetV2 learns too slowly from scratch on
-# a CPU for the sample's few minutes; timm's tiny EfficientNet learns the sample's scenes in about a minute. The
-# sample's captions are short sentences, which the lstm reads well (and its published figures are the lstm's).
+# a CPU for the sample's few minutes; timm's tiny EfficientNet learns the sample's scenes in about a minute.
 SAMPLE_DEFAULTS = {
     "pretrained": False,
     "backbone": "test_efficientnet",
     "image_size": 64,
-    "text_encoder": "lstm",
     "epochs": {"image": 40, "text": 8, "fusion": 8},
 }
 
@@ -106,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_argument(model, "image_std", nargs=3)
     model.add_argument("--cache-features", action=on_off, default=True, help="cache the frozen backbone's outputs")
     model.add_argument("--mirror-photos", action=on_off, default=True, help="train on and average mirror images too")
-    model.add_argument("--text-encoder", help=f"lstm, bag, or a transformers encoder's hub id or folder (default: "
-                       f"{DEFAULT_TEXT_ENCODER}; the sample: {SAMPLE_DEFAULTS['text_encoder']})")
+    model.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                       help="lstm, bag, auto (the lstm if 95%% of the training texts fit in "
+                       f"{DEFAULT_MAX_LENGTH} tokens, else the bag), or a transformers encoder's hub id or folder")
     config_argument(model, "text_trainable_layers", type=at_least(0))
     config_argument(model, "max_length", type=at_least(1), default=None, default_help=(
         f"from the training texts: enough for {MAX_LENGTH_QUANTILE}% of them, at least {DEFAULT_MAX_LENGTH}, at most "
@@ -167,7 +167,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     # The sample's backbone is one that learns from scratch; asked for pretrained weights, it gets the real default.
     args.backbone = args.backbone or (SAMPLE_DEFAULTS["backbone"] if sample and not args.pretrained
                                       else MultiModalConfig.backbone)
-    args.text_encoder = args.text_encoder or (SAMPLE_DEFAULTS["text_encoder"] if sample else DEFAULT_TEXT_ENCODER)
     check_text_encoder(args.text_encoder)
     args.text_model_config, args.text_pooling = None, "mean"
     if encoder_type(args.text_encoder) == "transformers":
@@ -354,6 +353,7 @@ def main(argv=None) -> int:
             max_train_samples=args.max_train_samples, main_process_first=accelerator.main_process_first,
             text_encoder=args.text_encoder, max_length=args.max_length,
         )
+        args.text_encoder = data.text_encoder  # auto: the word-level encoder chosen for these texts
         if data.held_out_photos:
             accelerator.print(f"The test split is empty (withheld): the official validation split serves as the test "
                               f"split, and {data.held_out_photos} training photos as the validation split.")

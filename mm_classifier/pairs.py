@@ -16,7 +16,7 @@ from .data import DataSource, arrow_batches, load_photos, to_pairs
 from .errors import MMClassifierError
 from .labels import load_label_file
 from .processing import MultiModalProcessor
-from .text_models import caption_tokenizer, fit_max_length
+from .text_models import choose_text_encoder, fit_max_length
 
 SPLITS = ("train", "validation", "test")
 
@@ -223,6 +223,7 @@ class TrainingData:
     concepts: list[str]
     tokenizer: object
     lexicon: dict | None  # None for given labels
+    text_encoder: str  # lstm, bag, or a transformers encoder's hub id or folder (never auto)
     max_length: int  # tokens a caption keeps (the pair tables are cut there)
     report_split: str = "test"
     held_out_photos: int = 0
@@ -231,7 +232,7 @@ class TrainingData:
 def load_training_data(
     dataset: str | DataSource, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
     max_train_samples: int | None = None, main_process_first=contextlib.nullcontext, labels_file=None,
-    text_encoder: str = "lstm", max_length: int | None = None,
+    text_encoder: str = "auto", max_length: int | None = None,
 ) -> TrainingData:
     """Load a data set, label its pairs (given labels, or concepts mined leave-one-out), build the tokenizer on the
     training captions (or load a pretrained encoder's) and choose how many tokens a caption keeps.
@@ -239,7 +240,9 @@ def load_training_data(
     Args:
         dataset: a data set name or path, or a :class:`~mm_classifier.data.DataSource` with the options to read it.
         labels_file: for a data set with given labels, a file naming the label set (default: the training labels).
-        text_encoder: ``"lstm"``, ``"bag"`` or a transformers encoder's hub id or folder (its tokenizer is used).
+        text_encoder: ``"lstm"``, ``"bag"``, ``"auto"`` (the lstm for short captions, the bag for longer texts:
+            :func:`~mm_classifier.text_models.choose_text_encoder`) or a transformers encoder's hub id or folder
+            (its tokenizer is used).
         max_length: tokens a caption keeps; default: :func:`~mm_classifier.text_models.fit_max_length` of the
             training captions.
         main_process_first: a context manager (Accelerate's ``main_process_first``) around the cached
@@ -264,12 +267,14 @@ def load_training_data(
             raise MMClassifierError(f"The {split} split of {dataset} is empty; it needs photos to train and evaluate.")
     # The sample's vocabulary is tiny and complete; on real captions, words seen once are mostly noise.
     captions = [text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist()]
-    tokenizer = caption_tokenizer(text_encoder, captions, min_frequency=1 if str(dataset) == "sample" else 2)
+    text_encoder, tokenizer = choose_text_encoder(text_encoder, captions,
+                                                  min_frequency=1 if str(dataset) == "sample" else 2)
     max_length = max_length or fit_max_length(tokenizer, captions)
     return TrainingData(
         splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer, max_length=max_length)),
         concepts=pairs["train"].features["labels"].feature.names,
         # Given labels are no lexicon's concepts: the model config then records no concept words.
-        tokenizer=tokenizer, lexicon=None if given else lexicon, max_length=max_length, report_split=report_split,
+        tokenizer=tokenizer, lexicon=None if given else lexicon, text_encoder=text_encoder, max_length=max_length,
+        report_split=report_split,
         held_out_photos=held_out,
     )

@@ -15,6 +15,10 @@ from .errors import MMClassifierError
 from .tokenization import DEFAULT_MAX_LENGTH, build_tokenizer
 
 WORD_ENCODERS = ("lstm", "bag")  # learnt from scratch on the training captions' word vocabulary
+# The default: the lstm for short captions (95 % of them within DEFAULT_MAX_LENGTH tokens), the bag for longer
+# texts. Measured (docs/experiments.md): on Flickr8k's captions the lstm reads better, on IMDb plot outlines
+# (median 25 words, the 95th percentile 48 tokens) the bag does, by far.
+AUTO = "auto"
 # A bag reads whole descriptions, where rarer words matter; the lstm keeps the notebooks' vocabulary.
 WORD_VOCAB_SIZE = {"lstm": 5000, "bag": 20000}
 MAX_LENGTH_QUANTILE = 95  # percent of the training texts that max_length leaves uncut (at least DEFAULT_MAX_LENGTH)
@@ -25,13 +29,16 @@ POOLER_MODEL_TYPES = ("clip_text_model", "siglip_text_model", "siglip2_text_mode
 
 
 def encoder_type(text_encoder: str) -> str:
-    """``train.py --text-encoder``'s value -> the config's ``text_encoder_type``."""
+    """``train.py --text-encoder``'s value -> the config's ``text_encoder_type`` (``auto``: a word-level one, whose
+    choice waits for the data)."""
+    if text_encoder == AUTO:
+        return "lstm"
     return text_encoder if text_encoder in WORD_ENCODERS else "transformers"
 
 
 def check_text_encoder(text_encoder: str) -> None:
     """Fail before any data loads when a pretrained encoder cannot be had: a missing folder, or a hub id offline."""
-    if text_encoder in WORD_ENCODERS:
+    if text_encoder in (*WORD_ENCODERS, AUTO):
         return
     path = Path(text_encoder).expanduser()
     if path.is_dir():
@@ -66,6 +73,17 @@ def pretrained_text_config(text_encoder: str) -> tuple[dict, str]:
     text_config = getattr(config, "text_config", None) or config
     pooling = "pooler" if text_config.model_type in POOLER_MODEL_TYPES else "mean"
     return text_config.to_dict(), pooling
+
+
+def choose_text_encoder(text_encoder: str, captions: Sequence[str], min_frequency: int = 2
+                        ) -> tuple[str, PreTrainedTokenizerBase]:
+    """``text_encoder`` with ``auto`` resolved for these training ``captions`` (see ``AUTO``), and its tokenizer."""
+    if text_encoder != AUTO:
+        return text_encoder, caption_tokenizer(text_encoder, captions, min_frequency)
+    tokenizer = caption_tokenizer("lstm", captions, min_frequency)
+    if fit_max_length(tokenizer, captions) <= DEFAULT_MAX_LENGTH:
+        return "lstm", tokenizer
+    return "bag", caption_tokenizer("bag", captions, min_frequency)
 
 
 def caption_tokenizer(text_encoder: str, captions: Sequence[str], min_frequency: int = 2) -> PreTrainedTokenizerBase:

@@ -191,3 +191,14 @@ def test_explanations_group_subwords_into_the_words_as_written(tiny_bert):
         probability = torch.sigmoid(model(**tokens).logits[0, 0])
         without = torch.sigmoid(model(input_ids=hidden, attention_mask=tokens["attention_mask"]).logits[0, 0])
     assert words[1][1] == pytest.approx((probability - without).item(), abs=1e-5)
+
+
+def test_auto_reads_short_captions_with_the_lstm_and_longer_texts_with_the_bag():
+    from mm_classifier.text_models import choose_text_encoder
+
+    captions = ["a dog runs on the beach"] * 20
+    descriptions = [" ".join(f"word{i}" for i in range(n, n + 40)) for n in range(20)]  # 40 words each
+    assert choose_text_encoder("auto", captions)[0] == "lstm"
+    chosen, tokenizer = choose_text_encoder("auto", descriptions, min_frequency=1)
+    assert chosen == "bag" and len(tokenizer) > 40
+    assert choose_text_encoder("lstm", descriptions)[0] == "lstm"  # an explicit choice stands

@@ -228,7 +228,7 @@ def test_model_options_default_to_the_config_fields_and_the_sample_to_its_own(ti
     assert (real["pretrained"], real["text_encoder"], real["epochs"]) == (True, train.DEFAULT_TEXT_ENCODER,
                                                                            train.DEFAULT_EPOCHS)
     assert sample["stage_epochs"] == train.SAMPLE_DEFAULTS["epochs"] and sample["pretrained"] is False
-    assert sample["text_encoder"] == train.SAMPLE_DEFAULTS["text_encoder"]
+    assert sample["text_encoder"] == "auto"  # the lstm for the sample's short captions: see test_text_encoders.py
     # Only the fusion model hides a modality in training (the config's default); the others get 0.
     args = train.resolve_defaults(parser.parse_args([]))
     dropouts = {stage: train.model_config(stage, args, ["dog"], vocab_size=2, pad_token_id=0, max_length=4)
