@@ -18,7 +18,7 @@ from transformers import get_scheduler
 from .errors import MMClassifierError
 from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
-from .modelcard import write_model_card
+from .modelcard import text_encoder_description, write_model_card
 from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs
 from .plots import plot_learning_curves
 from .thresholds import select_threshold_shrinkage, tune_thresholds
@@ -295,10 +295,13 @@ def describe_training(model, photo_input: PhotoInput | None) -> str:
         parts.append("backbone " + ("frozen" if blocks == 0 else "trainable" if blocks == encoder.num_stages
                                     else f"last {blocks} of {encoder.num_stages} stages trainable "
                                          f"({encoder.stages[-blocks]} on)"))
+    if model.text_encoder is not None and "text" not in model.frozen_encoders:
+        parts.append(f"{text_encoder_description(model.config)} trainable" if model.config.text_encoder_type != (
+            "transformers") else text_encoder_description(model.config) + ", its projection trainable")
     parts += [f"{name} encoder frozen" for name in sorted(model.frozen_encoders)]
     if photo_input in (PhotoInput.FROZEN_FEATURES, PhotoInput.IMAGE_EMBEDS):
         parts.append("cached features")
-    return ", ".join(parts) or "caption encoder trainable"
+    return ", ".join(parts)
 
 
 def save_stage(model, processor, stage_dir: Path, results: dict, history: list[dict], options: dict, dataset: str):
