@@ -4,7 +4,6 @@ the model sees it (a Grad-CAM heat map) and how much each caption word adds to i
 from __future__ import annotations
 
 import contextlib
-import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from .processing import load_image
 
 if TYPE_CHECKING:
     from .predict import Predictor
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3  # concepts explained when none reaches its threshold
 MIN_HEATMAP_SIDE = 7  # cells a side of the map a heat map is read from (a 224-pixel photo's last map has 7)
