@@ -145,15 +145,21 @@ def photo_pixels(
     return PhotoTable(resized, "pixels", (3, size, size), np.uint8)
 
 
+def _tensor_digest(named_tensors) -> str:
+    """A hash of (name, tensor) pairs: their names and bytes, in the order given."""
+    h = hashlib.sha1()
+    for name, tensor in named_tensors:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def backbone_digest(model) -> str:
     """Identity of the frozen part of a model's backbone (architecture, creation arguments, weights)."""
     config, trainable_blocks = model.config, model.image_encoder.trainable_blocks
-    h = hashlib.sha1()
-    for name, tensor in sorted(model.image_encoder.backbone.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    weights = _tensor_digest(sorted(model.image_encoder.backbone.state_dict().items()))
     return _digest(config.backbone, config.backbone_kwargs, config.image_feature_blocks,
-                   config.image_local_projection, trainable_blocks, h.hexdigest())
+                   config.image_local_projection, trainable_blocks, weights)
 
 
 @torch.no_grad()
@@ -225,15 +231,6 @@ def cached_frozen_features(
     finally:
         encoder.train(was_training)
     return PhotoTable(cached, "features", tuple(cached[0]["shape"]), np.float16)
-
-
-
-def _tensor_digest(named_tensors) -> str:
-    h = hashlib.sha1()
-    for name, tensor in named_tensors:
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.no_grad()
