@@ -202,3 +202,23 @@ def test_auto_reads_short_captions_with_the_lstm_and_longer_texts_with_the_bag()
     chosen, tokenizer = choose_text_encoder("auto", descriptions, min_frequency=1)
     assert chosen == "bag" and len(tokenizer) > 40
     assert choose_text_encoder("lstm", descriptions)[0] == "lstm"  # an explicit choice stands
+
+
+def test_a_clip_model_lends_its_text_tower_and_pooled_output(tiny_bert, tmp_path):
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)  # any tokenizer serves a tiny random CLIP
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 64, "eos_token_id": tokenizer.sep_token_id}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 16}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    config, pooling = pretrained_text_config(str(tmp_path / "clip"))
+    assert config["model_type"] == "clip_text_model" and pooling == "pooler"
+    model, processor = text_model("transformers", tmp_path / "clip", text_model_config=config, text_pooling=pooling)
+    tower = CLIPTextModel.from_pretrained(tmp_path / "clip").eval()
+    tokens = processor.tokenize(CAPTIONS[:2])
+    with torch.no_grad():
+        expected = tower(**tokens).pooler_output
+        torch.testing.assert_close(model.text_encoder.caption_features(**tokens), expected)
