@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import warnings
@@ -188,12 +189,18 @@ def _usable_photos(found: FoundPhotos, skipped: Counter) -> dict[str, Path]:
 
 
 def _readable(path: Path) -> bool:
-    """Decode at reduced size (JPEG draft: ~0.5 ms) to catch corrupt, truncated and non-image files."""
+    """Decode at reduced size (JPEG draft: ~0.5 ms) to catch corrupt, truncated and non-image files, and refuse
+    what ``processing.load_image`` refuses: more pixels to decode, after the reduced-size decode, than PIL's
+    decompression-bomb limit (a valid 90-megapixel JPEG passes at 1/8 scale, a PNG bomb does not)."""
     try:
-        with PILImage.open(path) as image:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-            return image.width > 0 and image.height > 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # the bound is checked below
+            with PILImage.open(path) as image:
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                if image.width * image.height > (PILImage.MAX_IMAGE_PIXELS or math.inf):
+                    return False
+                image.load()
+                return image.width > 0 and image.height > 0
     except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError):
         return False
 

@@ -67,17 +67,28 @@ def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
     for value, message in cases:
         with pytest.raises(MMClassifierError, match=message):
             load_image(value)
+
+
+def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, monkeypatch):
+    from mm_classifier.photo_rows import _readable
+
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    # Above twice PIL's limit it refuses; between once and twice it only warns, which is refused too, also on
-    # the processor's path (JPEG draft decoding).
     processor = MultiModalProcessor(None, image_size=16)
     for side in (50, 40):
         for suffix in ("png", "jpg"):
-            path = tmp_path / f"bomb{side}.{suffix}"
-            Image.new("RGB", (side, side)).save(path)
-            for load in (load_image, processor.resize_image):
-                with pytest.raises(MMClassifierError, match="too large"):
-                    load(path)
+            Image.new("RGB", (side, side), "red").save(tmp_path / f"big{side}.{suffix}")
+    # Above twice PIL's limit a file is refused outright. Below that, a JPEG that the processor decodes at
+    # reduced size (JPEG draft: 40x40 at 1/2 scale, 400 pixels) passes, as a valid 90-megapixel photo does
+    # under PIL's real limit; decoded whole, or as a PNG, the same pixel count is refused.
+    refused = [(load, f"big50.{suffix}") for load in (load_image, processor.resize_image) for suffix in ("png", "jpg")]
+    refused += [(load_image, "big40.png"), (load_image, "big40.jpg"), (processor.resize_image, "big40.png")]
+    for load, name in refused:
+        with pytest.raises(MMClassifierError, match="too large"):
+            load(tmp_path / name)
+    assert processor.resize_image(tmp_path / "big40.jpg").shape == (3, 16, 16)
+    # Loading a data set makes the same decision, so a photo it accepts never stops feature caching later.
+    assert [_readable(tmp_path / f"big{n}") for n in ("50.png", "50.jpg", "40.png", "40.jpg")] == [
+        False, False, False, True]
 
 
 def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
