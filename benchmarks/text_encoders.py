@@ -64,7 +64,7 @@ def main():
     bag = epoch_seconds("bag", load("bag"))
     rows += [(f"lstm epoch, {pairs} pairs (max_length {words.max_length})", f"{lstm:.1f} s"),
              (f"bag epoch, {pairs} pairs", f"{bag:.1f} s")]
-    key = f"bag epoch {lstm / bag:.1f}x faster than an lstm epoch"
+    key = f"a bag epoch takes {bag / lstm:.2f}x an lstm epoch's time"
     if args.text_encoder:
         from mm_classifier import MultiModalClassifier, MultiModalConfig
         from mm_classifier.features import cached_caption_features
