@@ -57,8 +57,9 @@ from mm_classifier.training import (
 
 STAGES = ("image", "text", "fusion")
 DEFAULT_EPOCHS = 15
-# Real descriptions are better read as a bag of words and bigrams (docs/experiments.md).
-DEFAULT_TEXT_ENCODER = AUTO  # the lstm for short captions, the bag for longer texts (text_models.AUTO)
+# Without a pretrained encoder: the lstm for short captions, the bag for longer texts (text_models.AUTO; the
+# measurements behind it are in docs/experiments.md).
+DEFAULT_TEXT_ENCODER = AUTO
 # The built-in sample's own defaults, where they differ from real data's (resolve_defaults applies them; the help
 # names both). The sample is tiny and offline: no pretrained weights. MobileNetV2 learns too slowly from scratch on
 # a CPU for the sample's few minutes; timm's tiny EfficientNet learns the sample's scenes in about a minute.
