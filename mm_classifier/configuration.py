@@ -52,7 +52,7 @@ class MultiModalConfig(PreTrainedConfig):
         text_model_name: where the transformers encoder's weights came from (a hub id or a folder), for the card.
         text_pooling: a transformers encoder's caption vector: ``"mean"`` (the attention-masked mean of the last
             hidden states, sentence-transformers' convention) or ``"pooler"`` (the model's own pooled output, the
-            convention of CLIP's and SigLIP's text towers).
+            convention of CLIP's text tower).
         text_trainable_layers: how many of the transformers encoder's last layers train (with what follows them);
             0 keeps it frozen, so training computes each caption's vector once and caches it.
         vocab_size, pad_token_id: of the tokenizer (the word-level one, or the transformers encoder's own).

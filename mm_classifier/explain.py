@@ -217,8 +217,10 @@ def _concept_indices(known: list[str], concepts) -> list[int] | None:
 
 def _masked_captions(processor, caption: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The caption's tokens as the model reads them (row 0) and n copies, copy i with word i hidden: each of its
-    tokens (a transformers tokenizer's subwords) replaced by the unknown-word token. ``input_ids`` and
-    ``attention_mask`` (1 + n, T), and the n words as written (special tokens such as [CLS] are no words)."""
+    tokens (a transformers tokenizer's subwords) replaced by the unknown-word token, or, where that token is the
+    end-of-text or padding one (CLIP's, whose model reads its first end-of-text token), left out of the attention
+    mask. ``input_ids`` and ``attention_mask`` (1 + n, T), and the n words as written (special tokens such as
+    [CLS] are no words)."""
     tokenizer = processor.tokenizer
     encoded = processor.tokenize([caption])
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (1, T)
@@ -233,10 +235,14 @@ def _masked_captions(processor, caption: str) -> tuple[torch.Tensor, torch.Tenso
             positions.setdefault(word, []).append(position)
     offsets = spans["offset_mapping"]
     words = [caption[offsets[p[0]][0] : offsets[p[-1]][1]] for p in positions.values()]
-    masked = input_ids.repeat(1 + len(words), 1)  # (1 + n, T)
+    masked, masks = input_ids.repeat(1 + len(words), 1), attention_mask.repeat(1 + len(words), 1)  # (1 + n, T)
+    unk_ends_text = tokenizer.unk_token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id)
     for row, word_positions in enumerate(positions.values(), start=1):
-        masked[row, word_positions] = tokenizer.unk_token_id
-    return masked, attention_mask.repeat(1 + len(words), 1), words
+        if unk_ends_text:
+            masks[row, word_positions] = 0
+        else:
+            masked[row, word_positions] = tokenizer.unk_token_id
+    return masked, masks, words
 
 
 # ------------------------------------------------------------------------------------------------ photo heat map

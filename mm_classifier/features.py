@@ -246,7 +246,8 @@ def cached_caption_features(model, input_ids: torch.Tensor, attention_mask: torc
     from safetensors.torch import load_file, save_file
 
     encoder = model.text_encoder
-    key = _digest(FEATURE_CACHE_VERSION, encoder.pooling, _tensor_digest(sorted(encoder.model.state_dict().items())),
+    key = _digest(FEATURE_CACHE_VERSION, encoder.pooling, model.config.text_model_config,
+                  _tensor_digest(sorted(encoder.model.state_dict().items())), list(input_ids.shape),
                   _tensor_digest([("ids", input_ids), ("mask", attention_mask)]))
     cache_file = cache_root() / "captions" / f"{key}.safetensors"
     if cache_file.is_file():

@@ -343,8 +343,8 @@ class BagTextEncoder(nn.Module):
 
 
 class PretrainedTextEncoder(nn.Module):
-    """``text_encoder_type="transformers"``: a transformers encoder (BERT, DistilBERT, RoBERTa, MiniLM, CLIP's or
-    SigLIP's text tower, ...) -> caption vector (``text_pooling``) -> projection.
+    """``text_encoder_type="transformers"``: a transformers encoder (BERT, DistilBERT, RoBERTa, MiniLM, CLIP's text
+    tower, ...) -> caption vector (``text_pooling``) -> projection.
 
     Built from ``config.text_model_config`` alone (no download); :meth:`load_pretrained` brings its weights once,
     for training, and a saved model keeps them in its own ``model.safetensors``. The encoder runs in two parts,
@@ -367,7 +367,7 @@ class PretrainedTextEncoder(nn.Module):
 
     def load_pretrained(self, name: str | os.PathLike) -> None:
         """The encoder's weights from a hub id or a local folder (transformers' ``from_pretrained``)."""
-        pretrained = type(self.model).from_pretrained(str(name))
+        pretrained = type(self.model).from_pretrained(os.path.expanduser(str(name)))
         missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing:
             raise MMClassifierError(f"The weights of {name} do not fit its configuration: missing {missing[:3]}.")

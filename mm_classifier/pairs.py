@@ -16,7 +16,7 @@ from .data import DataSource, arrow_batches, load_photos, to_pairs
 from .errors import MMClassifierError
 from .labels import load_label_file
 from .processing import MultiModalProcessor
-from .text_models import choose_text_encoder, fit_max_length
+from .text_models import choose_text_encoder, fit_max_length, max_length_limit
 
 SPLITS = ("train", "validation", "test")
 
@@ -269,6 +269,9 @@ def load_training_data(
     captions = [text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist()]
     text_encoder, tokenizer = choose_text_encoder(text_encoder, captions,
                                                   min_frequency=1 if str(dataset) == "sample" else 2)
+    if max_length and max_length > max_length_limit(tokenizer):
+        raise MMClassifierError(f"--max-length {max_length} is more than the text encoder reads: at most "
+                                f"{max_length_limit(tokenizer)} tokens.")
     max_length = max_length or fit_max_length(tokenizer, captions)
     return TrainingData(
         splits=pair_tables(photos, pairs, MultiModalProcessor(tokenizer, max_length=max_length)),

@@ -38,7 +38,8 @@ def load_image(image: ImageInput, draft_size: int | None = None) -> Image.Image:
     Raises:
         MMClassifierError: unreadable, corrupt, non-image, too small, or with more pixels to decode than PIL's
             decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), counted after any reduced-size decode: a
-            large but valid JPEG photo decoded at 1/8 scale passes, a PNG claiming as many pixels does not.
+            JPEG photo of up to twice that limit decoded at reduced size passes (``draft_size``), a PNG claiming
+            as many pixels does not. Above twice the limit PIL refuses a file before any decode.
     """
     name = "image"
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .errors import MMClassifierError
 from .tokenization import DEFAULT_MAX_LENGTH, build_tokenizer
@@ -25,7 +26,7 @@ MAX_LENGTH_QUANTILE = 95  # percent of the training texts that max_length leaves
 MAX_LENGTH_SAMPLE = 20_000  # captions whose lengths are measured
 MAX_LENGTH_CAP = 512  # the most tokens any caption keeps (a BERT-style encoder's own limit)
 # Text towers whose convention is their own pooled output (the end-of-text token's state), not a mean.
-POOLER_MODEL_TYPES = ("clip_text_model", "siglip_text_model", "siglip2_text_model")
+POOLER_MODEL_TYPES = ("clip_text_model",)
 
 
 def encoder_type(text_encoder: str) -> str:
@@ -68,9 +69,13 @@ def _load(loader, text_encoder: str, what: str):
 
 
 def pretrained_text_config(text_encoder: str) -> tuple[dict, str]:
-    """The text model's configuration as a dict (a composite model's text tower: CLIP, SigLIP) and its pooling."""
+    """The text model's configuration as a dict (a composite model's text tower: CLIP's) and its pooling."""
     config = _load(AutoConfig.from_pretrained, text_encoder, "configuration")
     text_config = getattr(config, "text_config", None) or config
+    if MODEL_MAPPING_NAMES.get(text_config.model_type) is None:  # what AutoModel.from_config would refuse, later
+        raise MMClassifierError(f"--text-encoder {text_encoder}: transformers has no model class for its text "
+                                f"encoder (model type {text_config.model_type!r}). Use a BERT-, RoBERTa-, MiniLM- or "
+                                "CLIP-style encoder.")
     pooling = "pooler" if text_config.model_type in POOLER_MODEL_TYPES else "mean"
     return text_config.to_dict(), pooling
 
@@ -93,19 +98,29 @@ def caption_tokenizer(text_encoder: str, captions: Sequence[str], min_frequency:
         return build_tokenizer(captions, vocab_size=WORD_VOCAB_SIZE[text_encoder], min_frequency=min_frequency,
                                max_length=MAX_LENGTH_CAP)
     tokenizer = _load(AutoTokenizer.from_pretrained, text_encoder, "tokenizer")
-    if tokenizer.pad_token_id is None:  # e.g. CLIP's: pad with the end-of-text token, as CLIP itself does
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is None:  # pad with the end-of-text token, as CLIP and GPT-style models do
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token or tokenizer.unk_token
+    if tokenizer.pad_token_id is None:
+        raise MMClassifierError(f"The tokenizer of --text-encoder {text_encoder} has no padding, end-of-text or "
+                                "unknown token to pad captions with.")
     tokenizer.padding_side = tokenizer.truncation_side = "right"
+    positions = pretrained_text_config(text_encoder)[0].get("max_position_embeddings")
+    if positions and tokenizer.model_max_length > positions:  # a tokenizer saved without its model's limit
+        tokenizer.model_max_length = positions
     return tokenizer
+
+
+def max_length_limit(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most tokens a caption may keep: the tokenizer's ``model_max_length`` (a transformers encoder's position
+    limit), at most ``MAX_LENGTH_CAP``."""
+    return min(tokenizer.model_max_length, MAX_LENGTH_CAP)
 
 
 def fit_max_length(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], limit: int | None = None) -> int:
     """Tokens a caption may keep: enough for ``MAX_LENGTH_QUANTILE`` percent of the training ``captions``
     (never below ``DEFAULT_MAX_LENGTH``, so short captions read as before), at most the encoder's ``limit``
     (default: the tokenizer's own ``model_max_length``, or ``MAX_LENGTH_CAP`` for a tokenizer that sets none)."""
-    if limit is None:
-        limit = min(tokenizer.model_max_length, MAX_LENGTH_CAP) if tokenizer.model_max_length < 100_000 \
-            else MAX_LENGTH_CAP
+    limit = limit or max_length_limit(tokenizer)
     texts = [c for c in captions if isinstance(c, str)]
     texts = texts[:: max(1, len(texts) // MAX_LENGTH_SAMPLE)]  # evenly spread: a quantile needs no more
     if not texts:

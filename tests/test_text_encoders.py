@@ -93,7 +93,7 @@ def test_max_length_fits_the_training_texts_within_the_encoder_s_limit(tiny_bert
     assert fit_max_length(tokenizer, long_texts) == 191  # the 95th percentile of 1..200 words, 190.05, rounded up
     assert fit_max_length(tokenizer, long_texts, limit=64) == 64
     bert = caption_tokenizer(str(tiny_bert), [])
-    assert fit_max_length(bert, ["word " * 600]) == min(bert.model_max_length, 512)
+    assert fit_max_length(bert, ["word " * 600]) == 128  # the tiny BERT's position limit
 
 
 def test_a_text_encoder_that_cannot_be_had_fails_fast(tmp_path):
@@ -222,3 +222,31 @@ def test_a_clip_model_lends_its_text_tower_and_pooled_output(tiny_bert, tmp_path
     with torch.no_grad():
         expected = tower(**tokens).pooler_output
         torch.testing.assert_close(model.text_encoder.caption_features(**tokens), expected)
+
+
+def test_a_word_is_hidden_from_the_attention_where_the_unknown_token_ends_the_text(tiny_bert):
+    from mm_classifier.explain import _masked_captions
+
+    _, processor = text_model("transformers", tiny_bert)
+    processor.tokenizer.unk_token = processor.tokenizer.pad_token  # as CLIP's tokenizer has it: one token for all
+    ids, masks, words = _masked_captions(processor, "a dog runs")
+    assert words == ["a", "dog", "runs"]
+    assert torch.equal(ids, ids[:1].expand_as(ids))  # no token replaced, which would end a CLIP text early
+    word_of_token = processor.tokenizer("a dog runs").word_ids()  # None for [CLS] and [SEP]
+    assert masks[0].all() and masks[2].tolist() == [int(word != 1) for word in word_of_token]  # "dog" hidden
+
+
+def test_an_encoder_transformers_cannot_build_and_a_max_length_beyond_the_encoder_are_refused(tiny_bert, tmp_path,
+                                                                                                  tiny_folder):
+    from transformers import SiglipConfig
+
+    from mm_classifier.pairs import load_training_data
+
+    SiglipConfig().save_pretrained(tmp_path / "siglip")  # its text tower has no AutoModel class
+    with pytest.raises(MMClassifierError, match="no model class for its text encoder"):
+        pretrained_text_config(str(tmp_path / "siglip"))
+    limit = caption_tokenizer(str(tiny_bert), []).model_max_length
+    assert limit == 128  # the tiny BERT's max_position_embeddings: its tokenizer was saved without a limit
+    with pytest.raises(MMClassifierError, match=f"at most {limit} tokens"):
+        load_training_data(str(tiny_folder), split_seed=0, lexicon=None, num_concepts=5, min_votes=2,
+                           text_encoder=str(tiny_bert), max_length=limit + 1)
