@@ -56,7 +56,8 @@ def check_text_encoder(text_encoder: str) -> None:
     reason = hub_unreachable_reason()
     if reason:
         raise MMClassifierError(f"--text-encoder {text_encoder} is downloaded from the hub, but {reason}. Pass a "
-                                "local model folder instead, or leave out --text-encoder (auto: learnt from scratch, no download).")
+                                "local model folder instead, or leave out --text-encoder (auto: learnt from "
+                                "scratch, no download).")
 
 
 def _load(loader, text_encoder: str, what: str):
