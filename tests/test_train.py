@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import TINY_TRAIN_ARGS
-from mm_classifier import MultiModalConfig, Predictor
+from mm_classifier import MultiModalConfig, Predictor, train_options
 from mm_classifier.labels import DEFAULT_MIN_VOTES
 from mm_classifier.options import default_text
 
@@ -212,7 +212,7 @@ RESOLVED_BY_TRAIN_PY = {"modality", "max_length"}
 
 
 def test_model_options_default_to_the_config_fields_and_the_sample_to_its_own(tiny_folder, monkeypatch):
-    monkeypatch.setattr(train, "check_pretrained_download", lambda: None)  # tests are offline
+    monkeypatch.setattr(train_options, "check_pretrained_download", lambda: None)  # tests are offline
     fields = {f.name: f.default for f in dataclasses.fields(MultiModalConfig)}
     parser = train.build_parser()
     flags = set(vars(parser.parse_args([]))) & set(fields)
@@ -224,10 +224,10 @@ def test_model_options_default_to_the_config_fields_and_the_sample_to_its_own(ti
     for name in flags - RESOLVED_BY_TRAIN_PY:
         field_default = list(fields[name]) if isinstance(fields[name], tuple) else fields[name]
         assert real[name] == field_default, name
-        assert sample[name] == train.SAMPLE_DEFAULTS.get(name, field_default), name
-    assert (real["pretrained"], real["text_encoder"], real["epochs"]) == (True, train.DEFAULT_TEXT_ENCODER,
-                                                                           train.DEFAULT_EPOCHS)
-    assert sample["stage_epochs"] == train.SAMPLE_DEFAULTS["epochs"] and sample["pretrained"] is False
+        assert sample[name] == train_options.SAMPLE_DEFAULTS.get(name, field_default), name
+    assert (real["pretrained"], real["text_encoder"], real["epochs"]) == (True, train_options.DEFAULT_TEXT_ENCODER,
+                                                                           train_options.DEFAULT_EPOCHS)
+    assert sample["stage_epochs"] == train_options.SAMPLE_DEFAULTS["epochs"] and sample["pretrained"] is False
     assert sample["text_encoder"] == "auto"  # the lstm for the sample's short captions: see test_text_encoders.py
     # Only the fusion model hides a modality in training (the config's default); the others get 0.
     args = train.resolve_defaults(parser.parse_args([]))
