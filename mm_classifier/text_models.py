@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
 from .errors import MMClassifierError
+from .sources import looks_like_hub_id
 from .tokenization import DEFAULT_MAX_LENGTH, build_tokenizer
 
 WORD_ENCODERS = ("lstm", "bag")  # learnt from scratch on the training captions' word vocabulary
@@ -47,8 +48,7 @@ def check_text_encoder(text_encoder: str) -> None:
             raise MMClassifierError(f"--text-encoder {text_encoder} is a folder without config.json: not a "
                                     "transformers model folder.")
         return
-    looks_like_hub_id = text_encoder.count("/") <= 1 and not text_encoder.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not (looks_like_hub_id(text_encoder) or "/" not in text_encoder):  # owner/name, or a single-name id
         raise MMClassifierError(f"--text-encoder {text_encoder}: no such folder. Give lstm, bag, a transformers "
                                 "model folder or a hub id (e.g. sentence-transformers/all-MiniLM-L6-v2).")
     from .hub import hub_unreachable_reason
