@@ -28,6 +28,7 @@ from mm_classifier.modelcard import text_encoder_description
 from mm_classifier.plots import heatmap_overlay
 from mm_classifier.predict import caption_for, read_captions_csv
 from mm_classifier.processing import load_image
+from mm_classifier.sample import BUILT_IN
 
 DEFAULT_MODEL = "outputs/fusion"
 MAX_CAPTION_CHARS = 10_000  # longer texts are cut (a product description runs to a few thousand characters)
@@ -44,6 +45,7 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 QUEUE_SIZE = 64
 CONCURRENCY = min(4, os.cpu_count() or 1)
 BATCH_COLUMNS = ["photo", "caption", "concepts found (or the error)"]
+SINGLE_LABEL_BATCH_COLUMNS = ["photo", "caption", "class (or the error)"]
 
 # ------------------------------------------------------------------------------------------------ the model
 
@@ -57,12 +59,14 @@ class ModelInfo:
         dataset: the training data as train.py recorded it (``sample``, a folder, a hub id), or None if unknown.
         synthetic: trained on the built-in synthetic sample (or a folder the sample's generator wrote).
         test_micro_f1: micro-F1 on the run's own test split, when the run recorded it.
+        test_accuracy: a single-label model's accuracy on the run's own test split, when the run recorded it.
     """
 
     source: str
     dataset: str | None
     synthetic: bool
     test_micro_f1: float | None = None
+    test_accuracy: float | None = None
 
 
 def describe_model(predictor: Predictor) -> ModelInfo:
@@ -76,14 +80,14 @@ def describe_model(predictor: Predictor) -> ModelInfo:
         card = folder / "README.md"
         found = re.search(r"Trained on `([^`]+)`", card.read_text()) if card.is_file() else None
         dataset = found.group(1) if found else None
-    f1 = None
+    results = {}
     try:
-        f1 = json.loads((folder / "all_results.json").read_text()).get("test_micro_f1")
+        results = json.loads((folder / "all_results.json").read_text())
     except (OSError, ValueError):
         pass
     # The sample's generator leaves regions.json beside its scenes; real Flickr8k folders have none.
-    synthetic = dataset == "sample" or (dataset is not None and (Path(dataset) / "regions.json").is_file())
-    return ModelInfo(source, dataset, synthetic, f1)
+    synthetic = dataset in BUILT_IN or (dataset is not None and (Path(dataset) / "regions.json").is_file())
+    return ModelInfo(source, dataset, synthetic, results.get("test_micro_f1"), results.get("test_accuracy"))
 
 
 def model_description(predictor: Predictor, info: ModelInfo) -> str:
@@ -95,12 +99,19 @@ def model_description(predictor: Predictor, info: ModelInfo) -> str:
         parts.append(f"backbone `{config.backbone}` at {config.image_size} px")
     if config.uses_text:
         parts.append(text_encoder_description(config))
-    trained = "the built-in synthetic sample" if info.dataset == "sample" else (
-        f"`{info.dataset}`" if info.dataset else "unrecorded data (no training_args.json)")
+    trained = f"`{info.dataset}`" if info.dataset else "unrecorded data (no training_args.json)"
+    if info.dataset in BUILT_IN:
+        trained = "the built-in synthetic sample" + ("" if info.dataset == "sample" else f" (`{info.dataset}`)")
     text = ", ".join(parts) + f"; trained on {trained}"
-    if info.test_micro_f1 is not None:
+    if config.single_label and info.test_accuracy is not None:
+        text += f" (accuracy {info.test_accuracy:.2f} on its own test split)"
+    elif not config.single_label and info.test_micro_f1 is not None:
         text += f" (micro-F1 {info.test_micro_f1:.2f} on its own test split)"
-    return text + f". Its {config.num_labels} concepts: {', '.join(config.concepts)}."
+    if config.single_label:
+        return text + (f". Single-label: it predicts exactly one of its {config.num_labels} classes, the most "
+                       f"probable one: {', '.join(config.concepts)}.")
+    return text + (f". Multi-label: it finds any number of its {config.num_labels} concepts, each at or above its own "
+                   f"threshold: {', '.join(config.concepts)}.")
 
 
 def sample_note(predictor: Predictor, info: ModelInfo) -> str | None:
@@ -136,9 +147,11 @@ def _check_inputs(predictor: Predictor, has_photo: bool, has_caption: bool) -> N
         raise MMClassifierError("This model reads captions only: type a caption.")
 
 
-def _thresholds(predictor: Predictor, threshold: float | None) -> dict[str, float]:
-    cutoffs = [threshold] * len(predictor.concepts) if threshold else predictor.model.config.thresholds
-    return dict(zip(predictor.concepts, cutoffs, strict=True))
+def _thresholds(predictor: Predictor, threshold: float | None) -> dict[str, float | None]:
+    """Each concept's cut-off: ``threshold`` for all, else the tuned ones; None each for a single-label model, which
+    takes its most probable class."""
+    cutoffs = predictor._thresholds(threshold or None)
+    return dict(zip(predictor.concepts, cutoffs or [None] * len(predictor.concepts), strict=True))
 
 
 def predict(predictor: Predictor, photo=None, caption: str | None = None, threshold: float | None = None
@@ -146,7 +159,7 @@ def predict(predictor: Predictor, photo=None, caption: str | None = None, thresh
     """Every concept's probability for a photo (path, PIL or numpy) and/or a caption; the app's pure core.
 
     Raises:
-        MMClassifierError: nothing given, or the photo cannot be read.
+        MMClassifierError: nothing given, the photo cannot be read, or a threshold for a single-label model.
     """
     caption = _clean_caption(caption)
     _check_inputs(predictor, photo is not None, caption is not None)
@@ -155,20 +168,24 @@ def predict(predictor: Predictor, photo=None, caption: str | None = None, thresh
 
 
 def concept_view(predictor: Predictor, prediction: Prediction, threshold: float | None = None) -> dict:
-    """The result as the page draws it and the API returns it: the found concepts, and every concept's
-    probability and threshold, most probable first."""
+    """The result as the page draws it and the API returns it: the found concepts (a single-label model's one
+    class), and every concept's probability and threshold (None for a single-label model), most probable first."""
     thresholds = _thresholds(predictor, threshold)
     ranked = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
     return {
+        "single_label": predictor.model.config.single_label,
         "predicted": list(prediction.predicted),
         "concepts": [{"concept": c, "probability": prediction.probabilities[c], "threshold": thresholds[c],
                       "predicted": c in prediction.predicted} for c in ranked],
     }
 
 
-def summary(prediction: Prediction) -> str:
-    """One line: "Found: dog (91%), grass (55%)." or "No concept above its threshold."."""
+def summary(prediction: Prediction, single_label: bool = False) -> str:
+    """One line: "Found: dog (91%), grass (55%)." or "No concept above its threshold."; for a single-label model
+    "Most probable class: snow (91%)."."""
     found = ", ".join(f"{c} ({prediction.probabilities[c]:.0%})" for c in prediction.predicted)
+    if single_label:
+        return f"Most probable class: {found}."
     return f"Found: {found}." if found else "No concept above its threshold."
 
 
@@ -180,7 +197,8 @@ class AppExplanation:
         concept: the explained concept.
         prediction: the prediction from everything the model read.
         bars: each concept's probability from photo + caption, the photo alone and the caption alone (None
-            where that input was not given or the model does not read it), most probable first.
+            where that input was not given or the model does not read it), and its threshold (None for a
+            single-label model), most probable first.
         heatmap: (H, W) in [0, 1], where the photo shows the concept; None without a photo.
         image: the photo as explained (at most EXPLAIN_MAX_SIDE pixels on its longer side), or None.
         words: (word, contribution) per caption word: how much hiding the word lowers the concept's probability.
@@ -305,7 +323,7 @@ def predict_batch(predictor: Predictor, photos: list, caption: str | None = None
 
 
 def batch_table(result: BatchResult) -> list[list[str]]:
-    """The rows of the batch table (columns BATCH_COLUMNS)."""
+    """The rows of the batch table (columns BATCH_COLUMNS, or SINGLE_LABEL_BATCH_COLUMNS)."""
     def found(row: BatchRow) -> str:
         if row.prediction is None:
             return f"⚠ {row.error}"
@@ -334,19 +352,24 @@ def write_batch_files(result: BatchResult, concepts: list[str], folder: Path) ->
 
 # ------------------------------------------------------------------------------------------------ the page
 
-# gr.HTML templates: the server sends numbers (the API returns the same dict), the browser draws the bars.
+# gr.HTML templates: the server sends numbers (the API returns the same dict), the browser draws the bars. A
+# single-label model's classes have no threshold (null): no tick, and the chosen class is the one marked.
 CONCEPT_BARS = r"""${(() => {
   if (!value || !value.concepts) return `<p class="empty">Give a photo and/or a caption and press Predict.</p>`;
   const esc = s => String(s).replace(/[&<>"']/g, ch => `&#${ch.charCodeAt(0)};`);
   const pct = p => `${Math.round(100 * p)}%`;
-  return `<div class="legend"><span><i class="swatch found"></i>found (at or above its threshold)</span>` +
-    `<span><i class="swatch below"></i>below its threshold</span><span><i class="tick-key"></i>threshold</span></div>` +
+  const legend = value.single_label
+    ? `<span><i class="swatch found"></i>chosen (the most probable class)</span>` +
+      `<span><i class="swatch below"></i>the other classes</span>`
+    : `<span><i class="swatch found"></i>found (at or above its threshold)</span>` +
+      `<span><i class="swatch below"></i>below its threshold</span><span><i class="tick-key"></i>threshold</span>`;
+  return `<div class="legend">${legend}</div>` +
     `<ol class="bars">` + value.concepts.map(c => `<li class="${c.predicted ? 'found' : 'below'}"
-      title="${esc(c.concept)}: ${pct(c.probability)}, threshold ${pct(c.threshold)}">
+      title="${esc(c.concept)}: ${pct(c.probability)}${c.threshold == null ? '' : `, threshold ${pct(c.threshold)}`}">
       <span class="name">${esc(c.concept)}</span>
-      <span class="track"><span class="fill" style="width:${(100 * c.probability).toFixed(1)}%"></span>
-      <span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span></span>
-      <span class="value">${pct(c.probability)}</span></li>`).join('') + `</ol>`;
+      <span class="track"><span class="fill" style="width:${(100 * c.probability).toFixed(1)}%"></span>` +
+      (c.threshold == null ? '' : `<span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span>`) +
+      `</span><span class="value">${pct(c.probability)}</span></li>`).join('') + `</ol>`;
 })()}"""
 
 THREE_WAY_BARS = r"""${(() => {
@@ -355,15 +378,16 @@ THREE_WAY_BARS = r"""${(() => {
   const pct = p => `${Math.round(100 * p)}%`;
   const sources = [['both', 'photo + caption'], ['photo_only', 'photo alone'], ['caption_only', 'caption alone']]
     .filter(([key]) => value.concepts.some(c => c[key] !== null));
+  const ticks = value.concepts.some(c => c.threshold != null);
   return `<div class="legend">` + sources.map(([key, label]) => `<span><i class="swatch ${key}"></i>${label}</span>`)
-    .join('') + `<span><i class="tick-key"></i>threshold</span></div><ol class="groups">` +
+    .join('') + (ticks ? `<span><i class="tick-key"></i>threshold</span>` : '') + `</div><ol class="groups">` +
     value.concepts.map(c => `<li class="${c.concept === value.explained ? 'explained' : ''}">
       <span class="name">${esc(c.concept)}</span><span class="rows">` +
       sources.filter(([key]) => c[key] !== null).map(([key, label]) =>
         `<span class="row" title="${label}: ${pct(c[key])}">
-        <span class="track"><span class="fill ${key}" style="width:${(100 * c[key]).toFixed(1)}%"></span>
-        <span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span></span>
-        <span class="value">${pct(c[key])}</span></span>`).join('') + `</span></li>`).join('') + `</ol>`;
+        <span class="track"><span class="fill ${key}" style="width:${(100 * c[key]).toFixed(1)}%"></span>` +
+        (c.threshold == null ? '' : `<span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span>`) +
+        `</span><span class="value">${pct(c[key])}</span></span>`).join('') + `</span></li>`).join('') + `</ol>`;
 })()}"""
 
 BARS_CSS = """
@@ -427,6 +451,7 @@ class Handlers:
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
+        self.single_label = predictor.model.config.single_label
         self.downloads = Path(tempfile.mkdtemp(prefix="mm_classifier_batch_"))
 
     @staticmethod
@@ -443,7 +468,8 @@ class Handlers:
             prediction = predict(self.predictor, photo, caption, self.threshold_or_none(threshold))
         except MMClassifierError as err:
             raise self.user_error(err, photo) from None
-        return concept_view(self.predictor, prediction, self.threshold_or_none(threshold)), summary(prediction)
+        return (concept_view(self.predictor, prediction, self.threshold_or_none(threshold)),
+                summary(prediction, self.single_label))
 
     def explain(self, photo, caption, threshold=0, concept=None):
         try:
@@ -452,7 +478,12 @@ class Handlers:
             raise self.user_error(err, photo) from None
         overlay = None if result.heatmap is None else heatmap_overlay(result.image, result.heatmap, *SHOWN_SIDE)
         # Plain values, no gr.update: the API returns them as they are.
-        return result.concept, overlay, highlighted_words(result.words), result.bars, summary(result.prediction)
+        return (result.concept, overlay, highlighted_words(result.words), result.bars,
+                summary(result.prediction, self.single_label))
+
+    def explain_concept(self, photo, caption, concept, threshold=0):
+        """:meth:`explain` with the concept before the threshold, which a single-label page does not have."""
+        return self.explain(photo, caption, threshold, concept)
 
     def batch(self, files, caption, captions_file, threshold=0):
         try:
@@ -477,8 +508,10 @@ class Handlers:
         return gr.Image(value=None), gr.Markdown(f"**Not a usable photo.** {problem}", visible=True)
 
 
-def one_photo_tab(concepts: list[str], examples, examples_label: str) -> SimpleNamespace:
-    """The "One photo" tab's components: inputs on the left, concepts and their explanation on the right."""
+def one_photo_tab(concepts: list[str], examples, examples_label: str, single_label: bool = False
+                  ) -> SimpleNamespace:
+    """The "One photo" tab's components: inputs on the left, concepts and their explanation on the right. A
+    single-label model's page has no threshold slider (``threshold`` is None): it takes the most probable class."""
     ui = SimpleNamespace()
     with gr.Row(equal_height=False):
         with gr.Column(min_width=300):
@@ -488,7 +521,8 @@ def one_photo_tab(concepts: list[str], examples, examples_label: str) -> SimpleN
             ui.notice = gr.Markdown(visible=False, elem_id="upload-notice", elem_classes="upload-notice")
             ui.caption = gr.Textbox(label="Caption (optional)", placeholder="a dog runs through the snow",
                                     lines=2, max_length=MAX_CAPTION_CHARS)
-            ui.threshold = gr.Slider(0, 1, value=0, step=0.05, label="Threshold (0 = each concept's tuned threshold)")
+            ui.threshold = None if single_label else gr.Slider(
+                0, 1, value=0, step=0.05, label="Threshold (0 = each concept's tuned threshold)")
             with gr.Row():
                 ui.submit = gr.Button("Predict", variant="primary")
                 ui.explain_button = gr.Button("Explain")
@@ -499,7 +533,8 @@ def one_photo_tab(concepts: list[str], examples, examples_label: str) -> SimpleN
                     ui.bars = gr.HTML(None, html_template=CONCEPT_BARS, css_template=BARS_CSS, js_on_load=None,
                                       elem_id="concept-bars")
                 with gr.Tab("Explain", id="explain"):
-                    ui.concept = gr.Dropdown(concepts, value=None, label="Concept to explain",
+                    ui.concept = gr.Dropdown(concepts, value=None,
+                                             label="Class to explain" if single_label else "Concept to explain",
                                              info="Default: the most probable one")
                     ui.heatmap = gr.Image(label="Where the photo shows it (red: strongest)", type="pil",
                                           interactive=False, elem_classes="heatmap", height=320)
@@ -515,7 +550,7 @@ def one_photo_tab(concepts: list[str], examples, examples_label: str) -> SimpleN
     return ui
 
 
-def batch_tab() -> SimpleNamespace:
+def batch_tab(single_label: bool = False) -> SimpleNamespace:
     """The "Batch" tab's components: photos and captions in, a table and its downloads out."""
     ui = SimpleNamespace()
     gr.Markdown(f"Up to {MAX_BATCH_PHOTOS} photos. Captions: one for all, or a CSV with the header "
@@ -529,7 +564,9 @@ def batch_tab() -> SimpleNamespace:
             ui.button = gr.Button("Predict all", variant="primary")
         with gr.Column(min_width=300):
             ui.status = gr.Markdown(elem_id="batch-status")
-            ui.table = gr.Dataframe(headers=BATCH_COLUMNS, interactive=False, wrap=True, label="Concepts per photo",
+            ui.table = gr.Dataframe(headers=SINGLE_LABEL_BATCH_COLUMNS if single_label else BATCH_COLUMNS,
+                                    interactive=False, wrap=True,
+                                    label="Class per photo" if single_label else "Concepts per photo",
                                     elem_id="batch-table", column_widths=["28%", "28%", "44%"])
             ui.files = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False,
                                elem_id="batch-downloads")
@@ -545,20 +582,22 @@ def wire_events(handlers: Handlers, one: SimpleNamespace, batch: SimpleNamespace
     stale = [one.bars, one.summary, one.heatmap, one.words, one.three_way]  # results of the photo before
     for event in (one.photo.upload, one.photo.clear):
         event(lambda: [None, "", None, None, None], None, stale, api_visibility="private", queue=False)
-    predicted = [one.photo, one.caption, one.threshold], [one.bars, one.summary]
+    # A single-label page has no slider: its events leave the threshold out (the handlers' default).
+    threshold = [] if one.threshold is None else [one.threshold]
+    predicted = [one.photo, one.caption, *threshold], [one.bars, one.summary]
     one.submit.click(handlers.predict, *predicted, api_name="predict", **model)
     one.caption.submit(handlers.predict, *predicted, api_visibility="private", **model)
     if one.examples is not None:  # an example click runs the prediction at once
         one.examples.load_input_event.then(handlers.predict, *predicted, api_visibility="private", **model)
     explained = [one.concept, one.heatmap, one.words, one.three_way, one.summary]
-    one.explain_button.click(handlers.explain, [one.photo, one.caption, one.threshold], explained,
+    one.explain_button.click(handlers.explain, [one.photo, one.caption, *threshold], explained,
                              api_name="explain", **model)
-    one.concept.input(handlers.explain, [one.photo, one.caption, one.threshold, one.concept], explained,
+    one.concept.input(handlers.explain_concept, [one.photo, one.caption, one.concept, *threshold], explained,
                       api_visibility="private", **model)
     for button, tab in ((one.submit, "concepts"), (one.explain_button, "explain")):
         button.click(lambda tab=tab: gr.Tabs(selected=tab), None, one.result_tabs, api_visibility="private",
                      queue=False)
-    batch.button.click(handlers.batch, [batch.photos, batch.caption, batch.captions, one.threshold],
+    batch.button.click(handlers.batch, [batch.photos, batch.caption, batch.captions, *threshold],
                        [batch.table, batch.files, batch.status], api_name="predict_batch", **model)
 
 
@@ -567,18 +606,21 @@ def build_demo(predictor: Predictor, examples: list[list] | None = None, info: M
     """The page wired to :func:`predict`, :func:`explain` and :func:`predict_batch`; launch it yourself
     (``build_demo(p).launch(**LAUNCH_OPTIONS)``)."""
     info = info or describe_model(predictor)
+    single_label = predictor.model.config.single_label
+    intro = ("Which class is it? Give a photo, a caption, or both: each class gets a probability, and the most "
+             "probable one is the answer (exactly one)." if single_label else
+             "Which concepts are in the scene? Give a photo, a caption, or both: each concept gets a probability, "
+             "and every concept at or above its threshold is found (a scene can have several).")
     with gr.Blocks(title="mm_classifier", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# mm_classifier\nWhich concepts are in the scene? Give a photo, a caption, or both: each "
-                    f"concept gets a probability, and every concept at or above its threshold is found (a scene "
-                    f"can have several).\n\n{model_description(predictor, info)}")
+        gr.Markdown(f"# mm_classifier\n{intro}\n\n{model_description(predictor, info)}")
         note = sample_note(predictor, info)
         if note:
             gr.Markdown(note, elem_id="sample-note", elem_classes="sample-note")
         with gr.Tabs():
             with gr.Tab("One photo", id="one"):
-                one = one_photo_tab(predictor.model.config.concepts, examples, examples_label)
+                one = one_photo_tab(predictor.model.config.concepts, examples, examples_label, single_label)
             with gr.Tab("Batch", id="batch"):
-                batch = batch_tab()
+                batch = batch_tab(single_label)
         wire_events(Handlers(predictor), one, batch)
     return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 

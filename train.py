@@ -29,6 +29,7 @@ from mm_classifier.training import (
     TrainState,
     dataloaders,
     describe_training,
+    loss_weights,
     optimizer_and_schedule,
     predict,
     resume,
@@ -44,9 +45,12 @@ from mm_classifier.training import (
 def build_model(stage: str, args, data, previous: dict) -> tuple[MultiModalClassifier, PhotoInput | None]:
     """The stage's model, its encoders started from the earlier stages' or pretrained weights and frozen
     as far as they come trained; and what its batches read of the photos."""
-    tokenizer = data.tokenizer
+    tokenizer, single_label = data.tokenizer, data.problem_type == "single_label_classification"
+    weights = None
+    if args.class_weights == "auto":
+        weights = loss_weights(data.splits["train"].pairs.labels, data.concepts, single_label)
     model = MultiModalClassifier(model_config(stage, args, data.concepts, len(tokenizer), tokenizer.pad_token_id,
-                                              data.max_length, data.lexicon))
+                                              data.max_length, data.lexicon, data.problem_type, weights))
     reuse_image = stage == "fusion" and "image" in previous
     if reuse_image:
         model.image_encoder.load_state_dict(previous["image"].image_encoder.state_dict())
@@ -107,22 +111,25 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     checkpoint = resume(accelerator, stage_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"[{stage}] resuming from {checkpoint}")
-    accelerator.print(f"[{stage}] {len(train_rows)} training rows, {len(data.concepts)} concepts, "
+    accelerator.print(f"[{stage}] {len(train_rows)} training rows, {len(data.concepts)} "
+                      f"{'classes (single-label)' if unwrapped.config.single_label else 'concepts'}, "
                       f"{describe_training(unwrapped, photo_input)}, {accelerator.num_processes} process(es) "
                       f"on {accelerator.device}")
 
+    f1_name = "accuracy" if unwrapped.config.single_label else "micro-F1"  # the same number for one label a row
     while state.epoch < epochs and state.bad_epochs < args.early_stopping_patience:
         train_loss = train_epoch(model, train_dl, collators["train"], optimizer, scheduler, accelerator, state,
                                  seed=args.seed, desc=f"[{stage}] epoch {state.epoch + 1}/{epochs}",
                                  checkpointing_steps=args.checkpointing_steps, stage_dir=stage_dir)
-        probs, labels, val_loss = predict(model, val_dl, collators["validation"], accelerator, "validating")
-        metrics = compute_metrics(probs, labels, 0.5, data.concepts)
+        logits, labels, val_loss = predict(model, val_dl, collators["validation"], accelerator, "validating")
+        probs = unwrapped.probabilities(torch.from_numpy(logits)).numpy()
+        metrics = compute_metrics(probs, labels, 0.5, data.concepts, single_label=unwrapped.config.single_label)
         record = {"epoch": state.epoch + 1, "train_loss": train_loss, "validation_loss": val_loss,
                   "validation_micro_f1": metrics["micro_f1"], "validation_mAP": metrics["mAP"] or 0.0}
         state.end_epoch(record, unwrapped)
         accelerator.log(record, step=record["epoch"])
         accelerator.print(f"[{stage}] epoch {record['epoch']}: train loss {train_loss:.4f}, validation loss "
-                          f"{val_loss:.4f}, micro-F1 {metrics['micro_f1']:.3f}, mAP {record['validation_mAP']:.3f}")
+                          f"{val_loss:.4f}, {f1_name} {metrics['micro_f1']:.3f}, mAP {record['validation_mAP']:.3f}")
 
     unwrapped.load_state_dict(state.best_state)
     val = predict(model, val_dl, collators["validation"], accelerator, "validating")[:2]
@@ -140,7 +147,7 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
             suffix = "" if stage == "fusion" else f"-{stage}"
             push_folder(stage_dir, args.hub_model_id + suffix)
     accelerator.print(
-        f"[{stage}] test micro-F1 {results['test_micro_f1']:.3f}, macro-F1 {results['test_macro_f1']:.3f}, "
+        f"[{stage}] test {f1_name} {results['test_micro_f1']:.3f}, macro-F1 {results['test_macro_f1']:.3f}, "
         f"mAP {results['test_mAP']:.3f} (best epoch {state.best_epoch}, {results['stage_seconds']:.0f} s) "
         f"-> {stage_dir}"
     )
@@ -171,7 +178,7 @@ def main(argv=None) -> int:
             num_concepts=args.num_concepts,
             lexicon=load_concept_file(args.concepts) if args.concepts else CONCEPT_LEXICON,
             max_train_samples=args.max_train_samples, main_process_first=accelerator.main_process_first,
-            text_encoder=args.text_encoder, max_length=args.max_length,
+            text_encoder=args.text_encoder, max_length=args.max_length, problem_type=args.problem_type,
         )
         args.text_encoder = data.text_encoder  # auto: the word-level encoder chosen for these texts
         if data.held_out_photos:
@@ -192,7 +199,8 @@ def main(argv=None) -> int:
             trained[stage] = train_stage(stage, args, data, accelerator, state, stage_dir, trained)
         if not args.modality and not args.skip_report and accelerator.is_main_process:
             report = write_pipeline_report(args.output_dir, {s: args.output_dir / s for s in stages},
-                                           source_from_args(args), seed=args.split_seed, split=data.report_split)
+                                           source_from_args(args), seed=args.split_seed, split=data.report_split,
+                                           baselines=not args.skip_baselines)
             accelerator.print(f"Comparison of the three models: {report}")
         accelerator.end_training()
     except MMClassifierError as err:

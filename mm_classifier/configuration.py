@@ -11,6 +11,9 @@ MODALITIES = ("fusion", "image", "text")
 # captions; "transformers" is a pretrained transformers encoder whose configuration ``text_model_config`` holds.
 TEXT_ENCODER_TYPES = ("lstm", "bag", "transformers")
 TEXT_POOLINGS = ("mean", "pooler")
+# transformers' names. Multi-label: a sigmoid per concept, each decided by its threshold; single-label: a softmax over
+# the classes, the most probable one predicted.
+PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -67,8 +70,15 @@ class MultiModalConfig(PreTrainedConfig):
         dropout: dropout before each projection and hidden layer.
         modality_dropout: the probability (at most 0.5) that a fusion model loses its photo, and separately its
             caption, for a training example. So it learns to predict from either one alone.
-        thresholds: one decision threshold per concept (default 0.5 each; training tunes them).
-        pos_weight: optional per-concept positive weights of the BCE loss.
+        problem_type: ``"multi_label_classification"`` (each concept on its own: a sigmoid and a threshold per
+            concept, any number predicted) or ``"single_label_classification"`` (exactly one class: a softmax,
+            the most probable class predicted).
+        thresholds: one decision threshold per concept (default 0.5 each; training tunes them). Multi-label only.
+        pos_weight: optional per-concept positive weights of the BCE loss (multi-label).
+        class_weights: optional per-class weights of the cross-entropy loss (single-label).
+        calibration_temperatures: one per concept: each logit is divided by its temperature before the sigmoid
+            (single-label: one temperature for every class, before the softmax). Fitted on the validation split
+            after training; None: no calibration.
         id2label: concept names by index (sets the number of outputs).
         concept_words: the words that name each concept (concept -> words) in the captions labels were mined
             from, so evaluation on new data labels pairs the same way.
@@ -108,6 +118,8 @@ class MultiModalConfig(PreTrainedConfig):
     modality_dropout: float = 0.25
     thresholds: list[float] | None = None
     pos_weight: list[float] | None = None
+    class_weights: list[float] | None = None
+    calibration_temperatures: list[float] | None = None
     concept_words: dict | None = None
     min_votes: int = 2
     # Registration: transformers' pipeline() reads this from a saved folder's config.json (its pipeline.py).
@@ -118,7 +130,7 @@ class MultiModalConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         self.label2id = {name: index for index, name in self.id2label.items()}
-        self.problem_type = "multi_label_classification"
+        self.problem_type = self.problem_type or PROBLEM_TYPES[0]
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
         self.image_mean = [float(v) for v in self.image_mean]
         self.image_std = [float(v) for v in self.image_std]
@@ -183,10 +195,19 @@ class MultiModalConfig(PreTrainedConfig):
         if len(self.thresholds) != self.num_labels or not all(0 <= t <= 1 for t in self.thresholds):
             fail("thresholds", self.thresholds, f"{self.num_labels} numbers in [0, 1], one per concept")
         self.thresholds = [float(t) for t in self.thresholds]
-        if self.pos_weight is not None and (
-            len(self.pos_weight) != self.num_labels or not all(w > 0 for w in self.pos_weight)
-        ):
-            fail("pos_weight", self.pos_weight, f"{self.num_labels} positive numbers, one per concept")
+        if self.problem_type not in PROBLEM_TYPES:
+            fail("problem_type", self.problem_type, f"one of {PROBLEM_TYPES}")
+        if self.single_label and self.num_labels < 2:
+            fail("problem_type", self.problem_type, "multi_label_classification: a single-label model needs two "
+                 "classes or more")
+        for field in ("pos_weight", "class_weights", "calibration_temperatures"):
+            value = getattr(self, field)
+            if value is not None and (len(value) != self.num_labels or not all(w > 0 for w in value)):
+                fail(field, value, f"{self.num_labels} positive numbers, one per concept")
+        if self.single_label and self.pos_weight is not None:
+            fail("pos_weight", self.pos_weight, "None for a single-label model (class_weights weigh its classes)")
+        if not self.single_label and self.class_weights is not None:
+            fail("class_weights", self.class_weights, "None for a multi-label model (pos_weight weighs its concepts)")
         if self.concept_words is not None and set(self.concept_words) != set(self.id2label.values()):
             fail("concept_words", sorted(self.concept_words), f"words for exactly the concepts {self.concepts}")
         if isinstance(self.min_votes, bool) or not isinstance(self.min_votes, int) or self.min_votes < 1:
@@ -198,6 +219,11 @@ class MultiModalConfig(PreTrainedConfig):
     def concepts(self) -> list[str]:
         """Concept names in output order."""
         return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def single_label(self) -> bool:
+        """Exactly one class per input (softmax), rather than any number of concepts (sigmoids)."""
+        return self.problem_type == "single_label_classification"
 
     @property
     def uses_image(self) -> bool:

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 
 from .errors import MMClassifierError
@@ -194,6 +195,61 @@ def label_counts(photos: datasets.Dataset) -> list[tuple[str, int]]:
         for item in pc.value_counts(pc.list_flatten(batch["labels"])).to_pylist():
             counts[item["values"]] += item["counts"]
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+MULTI_LABEL, SINGLE_LABEL = "multi_label_classification", "single_label_classification"
+
+
+def problem_type_of(photos: datasets.DatasetDict, asked: str | None = None) -> str:
+    """Whether a data set is single-label (every training photo has exactly one given label, of two or more
+    classes) or multi-label (several labels a photo, or concepts mined from captions); ``asked`` (train.py's
+    ``--problem-type``) overrides the detection where the labels allow it."""
+    train = photos["train"]
+    if "labels" not in train.column_names:
+        if asked == SINGLE_LABEL:
+            raise MMClassifierError(
+                "--problem-type single_label_classification needs given labels, one per photo; this data set's "
+                "concepts are mined from the captions, and a caption names several. Name its labels column with "
+                "--label-column."
+            )
+        return MULTI_LABEL
+    if asked == SINGLE_LABEL:
+        for name, split in photos.items():
+            several = [(row["image_id"], row["labels"]) for batch in arrow_batches(split, ["image_id", "labels"])
+                       for row in batch.filter(pc.greater(pc.list_value_length(batch["labels"]), 1)).to_pylist()]
+            if several:
+                image_id, labels = several[0]
+                raise MMClassifierError(
+                    f"--problem-type single_label_classification, but {len(several)} {name} photos have several "
+                    f"labels (e.g. {image_id}: {', '.join(labels)}). Give each photo one label, or train a multi-label "
+                    "model (leave --problem-type out)."
+                )
+    if asked is not None:
+        return asked
+    counts = [pc.list_value_length(batch["labels"]) for batch in arrow_batches(train, ["labels"])]
+    one_each = all(pc.all(pc.equal(c, 1)).as_py() is not False for c in counts)
+    return SINGLE_LABEL if one_each and len(label_counts(train)) >= 2 else MULTI_LABEL
+
+
+def single_label_pairs(pairs: datasets.DatasetDict | datasets.Dataset) -> datasets.DatasetDict | datasets.Dataset:
+    """The pairs of a single-label model: those whose photo has one label in the model's classes. A pair whose photo
+    has none (its label is not a class, or it has no label) cannot be scored and is dropped, with one warning that
+    counts them; a photo with several labels is an error."""
+    splits = pairs if isinstance(pairs, datasets.DatasetDict) else {str(pairs.split or "the split"): pairs}
+    kept, dropped = {}, []
+    for name, split in splits.items():
+        lengths = np.concatenate([pc.list_value_length(batch["labels"]).to_numpy(zero_copy_only=False)
+                                  for batch in arrow_batches(split, ["labels"])] or [np.zeros(0, int)])
+        if (lengths > 1).any():
+            raise MMClassifierError(f"A single-label model needs one label a photo, but {int((lengths > 1).sum())} "
+                                    f"{name} pairs have several.")
+        kept[name] = split if lengths.all() else split.select(lengths.nonzero()[0].tolist())
+        if not lengths.all():
+            dropped.append(f"{name}: {int((lengths == 0).sum())}")
+    if dropped:
+        warnings.warn(f"Dropped the pairs whose photo has no label among the classes (a single-label model must "
+                      f"choose one): {'; '.join(dropped)}.", DataWarning, stacklevel=2)
+    return datasets.DatasetDict(kept) if isinstance(pairs, datasets.DatasetDict) else kept[next(iter(kept))]
 
 
 def _warn_unknown_labels(splits: Mapping[str, datasets.Dataset], known: Mapping[str, int]) -> None:

@@ -19,7 +19,7 @@ from .processing import load_image
 if TYPE_CHECKING:
     from .predict import Predictor
 
-DEFAULT_TOP_K = 3  # concepts explained when none reaches its threshold
+DEFAULT_TOP_K = 3  # concepts explained when none reaches its threshold (multi-label)
 MIN_HEATMAP_SIDE = 7  # cells a side of the map a heat map is read from (a 224-pixel photo's last map has 7)
 
 
@@ -29,8 +29,8 @@ class ConceptExplanation:
 
     Attributes:
         concept: the concept's name.
-        both: probability from the photo and the caption together; None unless both were given and the model
-            reads both.
+        both: probability from the photo and the caption together, as ``Predictor.predict`` gives it (calibrated;
+            a single-label model's softmax over its classes); None unless both were given and the model reads both.
         photo_only: probability from the photo alone (a fusion model's missing caption is a zero embedding, as in
             ``Predictor.predict(photo, None)``); None without a photo or for a text-only model.
         caption_only: probability from the caption alone; None without a caption or for an image-only model.
@@ -61,7 +61,7 @@ class Explanation:
     Attributes:
         concepts: one :class:`ConceptExplanation` per explained concept.
         predicted: the concepts at or above their thresholds, most probable first (all concepts considered,
-            not only the explained ones).
+            not only the explained ones); for a single-label model its most probable class alone.
         caption: the caption that was read, or None.
     """
 
@@ -108,8 +108,8 @@ def explain(
         predictor: a loaded :class:`~mm_classifier.Predictor`.
         photo: a photo (path, PIL image, numpy array, bytes), or None.
         caption: a caption, or None.
-        concepts: concept names to explain; default: the predicted ones, or the ``DEFAULT_TOP_K`` most probable
-            when none is predicted.
+        concepts: concept names to explain; default: the predicted ones (a single-label model's most probable
+            class), or the ``DEFAULT_TOP_K`` most probable when none is predicted.
 
     Raises:
         MMClassifierError: nothing the model can read was given, an unknown concept, or an unreadable photo.
@@ -140,9 +140,13 @@ def explain(
             both_logits = model.classify(image_embeds.expand(len(text_embeds), -1), text_embeds)  # (1 + n, C)
     explained_logits = next(x for x in (both_logits, photo_logits, caption_logits) if x is not None)
 
-    probabilities = torch.sigmoid(explained_logits.detach().float()).cpu()  # (1 + n or 1, C)
+    # As Predictor.predict: calibrated, then a sigmoid per concept or a softmax over a single-label model's classes.
+    probabilities = model.probabilities(explained_logits.detach()).cpu()  # (1 + n or 1, C)
     ranked = torch.argsort(probabilities[0], descending=True).tolist()
-    predicted = [i for i in ranked if probabilities[0, i].item() >= config.thresholds[i]]
+    if config.single_label:
+        predicted = ranked[:1]
+    else:
+        predicted = [i for i in ranked if probabilities[0, i].item() >= config.thresholds[i]]
     if chosen is None:
         chosen = predicted or ranked[:DEFAULT_TOP_K]
 
@@ -150,15 +154,19 @@ def explain(
     # Row 0 holds the whole caption, row 1 + i the caption with word i hidden.
     word_values = (probabilities[:1, chosen] - probabilities[1:, chosen]).T.tolist() if words else None  # (K, n)
 
-    def probability(logits, index):
-        return None if logits is None else torch.sigmoid(logits[0, index].detach().float()).item()
+    # Row 0 of each: the input as given (a softmax needs every class's logit, not the explained one's alone).
+    both, photo_only, caption_only = (None if logits is None else model.probabilities(logits[:1].detach())[0].tolist()
+                                      for logits in (both_logits, photo_logits, caption_logits))
+
+    def probability(row, index):
+        return None if row is None else row[index]
 
     entries = [
         ConceptExplanation(
             concept=known[index],
-            both=probability(both_logits, index),
-            photo_only=probability(photo_logits, index),
-            caption_only=probability(caption_logits, index),
+            both=probability(both, index),
+            photo_only=probability(photo_only, index),
+            caption_only=probability(caption_only, index),
             heatmap=None if heatmaps is None else heatmaps[k],
             words=[] if word_values is None else list(zip(words, word_values[k], strict=True)),
         )

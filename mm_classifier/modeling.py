@@ -26,8 +26,9 @@ class MultiModalOutput(ModelOutput):
     """Output of :class:`MultiModalClassifier`.
 
     Attributes:
-        loss: BCE-with-logits loss, when ``labels`` were given.
-        logits: (B, num_concepts) one logit per concept.
+        loss: the training loss (:meth:`MultiModalClassifier.loss`), when ``labels`` were given.
+        logits: (B, num_concepts) one logit per concept, uncalibrated (:meth:`MultiModalClassifier.probabilities`
+            turns them into probabilities).
         image_embeds: (B, image_embed_dim), or None for a text-only model.
         text_embeds: (B, text_embed_dim), or None for an image-only model.
     """
@@ -343,7 +344,8 @@ class MultiModalClassifier(PreTrainedModel):
         Args:
             pixel_values: (B, 3, H, W) normalised images.
             input_ids, attention_mask: (B, T) caption tokens.
-            labels: (B, num_concepts) multi-hot targets; when given, ``loss`` is computed.
+            labels: (B, num_concepts) multi-hot targets (single-label: one-hot, or (B,) class indices); when
+                given, ``loss`` is computed.
             frozen_features: cached output of the backbone's frozen part (:meth:`ImageEncoder.frozen_features`),
                 instead of ``pixel_values``.
             mirrored_frozen_features: the same for the photos' mirror images (test-time mirror averaging).
@@ -376,15 +378,28 @@ class MultiModalClassifier(PreTrainedModel):
                 image_embeds, text_embeds = self._drop_modalities(image_embeds, text_embeds)
         logits = self.classify(image_embeds, text_embeds)  # (B, C)
 
-        loss = None
-        if labels is not None:
-            pos_weight = None
-            if self.config.pos_weight is not None:
-                pos_weight = torch.tensor(self.config.pos_weight, device=logits.device, dtype=logits.dtype)
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.to(logits.dtype), pos_weight=pos_weight
-            )
+        loss = None if labels is None else self.loss(logits, labels)
         return MultiModalOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of (B, C) logits: multi-label, BCE against (B, C) 0/1 (or mean) targets, each concept's
+        positives weighted by ``config.pos_weight``; single-label, cross-entropy against (B,) class indices or (B, C)
+        one-hot rows (the collator's batches), weighted by ``config.class_weights``."""
+        weights = self.config.class_weights if self.config.single_label else self.config.pos_weight
+        if weights is not None:
+            weights = torch.tensor(weights, device=logits.device, dtype=logits.dtype)
+        if self.config.single_label:
+            classes = labels.long() if labels.dim() == 1 else labels.argmax(dim=-1)
+            return nn.functional.cross_entropy(logits, classes, weight=weights)
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
+
+    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        """(B, C) logits -> (B, C) probabilities: calibrated (``config.calibration_temperatures``, unless
+        ``calibrated=False``), then a sigmoid per concept (multi-label) or a softmax over the classes (single-label)."""
+        logits = logits.float()
+        if calibrated and self.config.calibration_temperatures is not None:
+            logits = logits / torch.tensor(self.config.calibration_temperatures, device=logits.device)
+        return logits.softmax(dim=-1) if self.config.single_label else torch.sigmoid(logits)
 
     def _drop_modalities(self, image_embeds, text_embeds):
         """Zero the photo or the caption of a random subset of examples (never both of one example)."""

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .data import DataSource, arrow_batches, load_photos, to_pairs
+from .data import SINGLE_LABEL, DataSource, arrow_batches, load_photos, problem_type_of, single_label_pairs, to_pairs
 from .errors import MMClassifierError
 from .labels import load_label_file
 from .processing import MultiModalProcessor
+from .sample import BUILT_IN
 from .text_models import choose_text_encoder, fit_max_length, max_length_limit
 
 SPLITS = ("train", "validation", "test")
@@ -225,6 +226,7 @@ class TrainingData:
     lexicon: dict | None  # None for given labels
     text_encoder: str  # lstm, bag, or a transformers encoder's hub id or folder (never auto)
     max_length: int  # tokens a caption keeps (the pair tables are cut there)
+    problem_type: str  # multi_label_classification or single_label_classification (transformers' names)
     report_split: str = "test"
     held_out_photos: int = 0
 
@@ -232,7 +234,7 @@ class TrainingData:
 def load_training_data(
     dataset: str | DataSource, *, split_seed: int, lexicon: dict, num_concepts: int, min_votes: int,
     max_train_samples: int | None = None, main_process_first=contextlib.nullcontext, labels_file=None,
-    text_encoder: str = "auto", max_length: int | None = None,
+    text_encoder: str = "auto", max_length: int | None = None, problem_type: str | None = None,
 ) -> TrainingData:
     """Load a data set, label its pairs (given labels, or concepts mined leave-one-out), build the tokenizer on the
     training captions (or load a pretrained encoder's) and choose how many tokens a caption keeps.
@@ -245,6 +247,8 @@ def load_training_data(
             (its tokenizer is used).
         max_length: tokens a caption keeps; default: :func:`~mm_classifier.text_models.fit_max_length` of the
             training captions.
+        problem_type: ``"single_label_classification"`` or ``"multi_label_classification"``; default: detected
+            (:func:`~mm_classifier.data.problem_type_of`). Single-label keeps the pairs whose photo has a class.
         main_process_first: a context manager (Accelerate's ``main_process_first``) around the cached
             ``datasets`` work, so that other processes reuse the main process's cache files.
     """
@@ -257,7 +261,10 @@ def load_training_data(
             raise MMClassifierError(f"--labels {labels_file} names the label set of given labels, but {dataset} has "
                                     "no labels column (name it with --label-column).")
         concepts = load_label_file(labels_file) if labels_file is not None else None
+        problem_type = problem_type_of(photos, problem_type)
         pairs = to_pairs(photos, concepts, min_votes=min_votes, num_concepts=num_concepts, lexicon=lexicon)
+        if problem_type == SINGLE_LABEL:
+            pairs = single_label_pairs(pairs)
     report_split, held_out = "test", 0
     if len(photos["test"]) == 0 and len(photos["validation"]) > 0:
         photos, pairs = hold_out_validation(photos, pairs, split_seed)
@@ -268,7 +275,7 @@ def load_training_data(
     # The sample's vocabulary is tiny and complete; on real captions, words seen once are mostly noise.
     captions = [text for batch in arrow_batches(pairs["train"], ["caption"]) for text in batch["caption"].to_pylist()]
     text_encoder, tokenizer = choose_text_encoder(text_encoder, captions,
-                                                  min_frequency=1 if str(dataset) == "sample" else 2)
+                                                  min_frequency=1 if str(dataset) in BUILT_IN else 2)
     if max_length and max_length > max_length_limit(tokenizer):
         raise MMClassifierError(f"--max-length {max_length} is more than the text encoder reads: at most "
                                 f"{max_length_limit(tokenizer)} tokens.")
@@ -278,6 +285,6 @@ def load_training_data(
         concepts=pairs["train"].features["labels"].feature.names,
         # Given labels are no lexicon's concepts: the model config then records no concept words.
         tokenizer=tokenizer, lexicon=None if given else lexicon, text_encoder=text_encoder, max_length=max_length,
-        report_split=report_split,
+        problem_type=problem_type, report_split=report_split,
         held_out_photos=held_out,
     )

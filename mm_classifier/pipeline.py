@@ -21,11 +21,12 @@ class MultiModalClassificationPipeline(Pipeline):
     read (a photo for a text-only model) is ignored.
 
     Returns, per input, a list of ``{"label", "score", "predicted"}`` for every concept, sorted by score (the
-    sigmoid of the concept's logit). ``predicted`` says whether the score reaches the concept's threshold: by
-    default the model's tuned per-concept thresholds (``config.thresholds``).
+    model's probabilities: calibrated, then a sigmoid per concept, or a softmax over a single-label model's
+    classes). ``predicted``: multi-label, whether the score reaches the concept's threshold (by default the
+    model's tuned per-concept thresholds, ``config.thresholds``); single-label, True for the most probable class.
 
-    Call options: ``top_k`` (keep the best k concepts; default all), ``threshold`` (one number for every concept,
-    or one per concept, instead of the tuned thresholds), ``batch_size``.
+    Call options: ``top_k`` (keep the best k concepts; default all), ``threshold`` (multi-label: one number for every
+    concept, or one per concept, instead of the tuned thresholds), ``batch_size``.
     """
 
     _load_processor = True
@@ -51,6 +52,8 @@ class MultiModalClassificationPipeline(Pipeline):
         return {}, {}, postprocess
 
     def _thresholds(self, threshold) -> list[float]:
+        if self.model.config.single_label:
+            raise ValueError("This single-label model predicts its most probable class: thresholds do not apply.")
         count = self.model.config.num_labels
         if isinstance(threshold, (int, float)):
             return [float(threshold)] * count
@@ -89,11 +92,16 @@ class MultiModalClassificationPipeline(Pipeline):
 
     def postprocess(self, outputs, top_k=None, thresholds=None) -> list[dict]:
         config = self.model.config
-        thresholds = config.thresholds if thresholds is None else thresholds
-        scores = torch.sigmoid(outputs["logits"][0].float()).tolist()
+        scores = self.model.probabilities(outputs["logits"][:1])[0].tolist()
+        if config.single_label:
+            best = max(range(len(scores)), key=scores.__getitem__)
+            predicted = [index == best for index in range(len(scores))]
+        else:
+            thresholds = config.thresholds if thresholds is None else thresholds
+            predicted = [score >= threshold for score, threshold in zip(scores, thresholds, strict=True)]
         results = [
-            {"label": config.id2label[index], "score": score, "predicted": score >= thresholds[index]}
-            for index, score in enumerate(scores)
+            {"label": config.id2label[index], "score": score, "predicted": chosen}
+            for index, (score, chosen) in enumerate(zip(scores, predicted, strict=True))
         ]
         results.sort(key=lambda result: result["score"], reverse=True)
         return results[:top_k] if top_k is not None else results

@@ -1,4 +1,5 @@
-"""Figures: a photo with its predictions, ROC and PR curves, a grid of examples (matplotlib, no display)."""
+"""Figures: a photo with its predictions, ROC and PR curves, reliability diagrams, confusion matrices, a grid of
+examples (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ BOTH, PHOTO_ONLY, CAPTION_ONLY = "#0969da", "#bc4c00", "#1b7c83"
 
 def plot_prediction(image, prediction, caption: str | None = None, top_k: int = 10,
                     thresholds: dict[str, float] | None = None):
-    """The photo titled with its predicted concepts, beside a bar chart of the top-k probabilities, each
-    concept's threshold marked when ``thresholds`` (concept -> threshold) is given."""
+    """The photo titled with its predicted concepts, beside a bar chart of the top-k probabilities.
+
+    Args:
+        thresholds: concept -> threshold of a multi-label model, marked on the bars; None for a single-label
+            model (``Predictor._thresholds`` gives it none), whose predicted class is marked as the chosen one.
+    """
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1, 1.2]})
     left.imshow(np.asarray(image))
     left.axis("off")
@@ -38,11 +43,14 @@ def plot_prediction(image, prediction, caption: str | None = None, top_k: int = 
     right.set_xlim(0, 1)
     right.set_xlabel("probability", fontsize=12)
     right.tick_params(labelsize=12)
-    right.set_title(f"top {len(names)} concepts", fontsize=13)
+    right.set_title(f"top {len(names)} {'concepts' if thresholds is not None else 'classes'}", fontsize=13)
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    legend = [Patch(color=FOUND, label="found (at or above its threshold)"), Patch(color=NOT_FOUND, label="below")]
+    if thresholds is None:
+        legend = [Patch(color=FOUND, label="chosen (most probable)"), Patch(color=NOT_FOUND, label="other classes")]
+    else:
+        legend = [Patch(color=FOUND, label="found (at or above its threshold)"), Patch(color=NOT_FOUND, label="below")]
     if thresholds:
         legend.append(Line2D([], [], color=THRESHOLD, marker="|", linestyle="", markersize=14, label="threshold"))
     right.legend(handles=legend, loc="lower right", fontsize=10)
@@ -88,7 +96,8 @@ def plot_explanation(image, explanation, thresholds: dict[str, float] | None = N
     Args:
         image: the photo (PIL image).
         explanation: a :class:`mm_classifier.explain.Explanation` of that photo (most probable concept first).
-        thresholds: concept -> threshold, drawn on the bars.
+        thresholds: concept -> threshold of a multi-label model, drawn on the bars; None for a single-label model,
+            whose predicted class (``explanation.predicted``) is marked as the chosen one.
         max_heatmaps: heat maps shown (the first concepts of the explanation).
     """
     entries = explanation.concepts
@@ -113,7 +122,7 @@ def plot_explanation(image, explanation, thresholds: dict[str, float] | None = N
     bottom = grid[1].subgridspec(1, 2, wspace=0.35, width_ratios=[1.25, 1])
     words_axis, bars_axis = figure.add_subplot(bottom[0]), figure.add_subplot(bottom[1])
     _plot_word_contributions(words_axis, entries, explanation.caption)
-    _plot_three_way_bars(bars_axis, entries, thresholds)
+    _plot_three_way_bars(bars_axis, entries, thresholds, None if thresholds is not None else explanation.predicted)
     figure.subplots_adjust(left=0.06, right=0.98, top=0.93, bottom=0.16)
     return figure
 
@@ -139,8 +148,10 @@ def _plot_word_contributions(axis, entries, caption: str | None) -> None:
     axis.set_title("caption words: points added (red) or taken (blue)", fontsize=12)
 
 
-def _plot_three_way_bars(axis, entries, thresholds: dict[str, float] | None) -> None:
-    """Grouped horizontal bars: each concept's probability from each input the model read."""
+def _plot_three_way_bars(axis, entries, thresholds: dict[str, float] | None, chosen: list[str] | None = None
+                         ) -> None:
+    """Grouped horizontal bars: each concept's probability from each input the model read; ``thresholds`` ticked
+    on them, or the ``chosen`` classes' names marked."""
     series = [("photo + caption", "both", BOTH), ("photo alone", "photo_only", PHOTO_ONLY),
               ("caption alone", "caption_only", CAPTION_ONLY)]
     series = [s for s in series if any(getattr(e, s[1]) is not None for e in entries)]
@@ -153,7 +164,13 @@ def _plot_three_way_bars(axis, entries, thresholds: dict[str, float] | None) -> 
     if thresholds:
         axis.scatter([thresholds[e.concept] for e in entries], positions, marker="|", s=400, color=THRESHOLD,
                      zorder=3, label="threshold")
-    axis.set_yticks(positions, [e.concept for e in entries], fontsize=12)
+    chosen = set(chosen or ())
+    ticks = axis.set_yticks(positions, [f"{e.concept} (chosen)" if e.concept in chosen else e.concept
+                                        for e in entries], fontsize=12)
+    for tick, entry in zip(ticks, entries, strict=True):
+        if entry.concept in chosen:
+            tick.label1.set_fontweight("bold")
+            tick.label1.set_color(FOUND)
     axis.set_xlim(0, 1)
     axis.set_xlabel("probability", fontsize=12)
     axis.tick_params(axis="x", labelsize=11)
@@ -194,6 +211,47 @@ def plot_curves(curves: dict, kind: str, title: str):
     axis.set_ylim(0, 1.02)
     axis.set_title(title)
     axis.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left", ncol=2)
+    figure.tight_layout()
+    return figure
+
+
+def plot_reliability(curves: dict[str, dict], title: str):
+    """Reliability diagram: how often probabilities came true against what they claimed, one line per curve.
+
+    Args:
+        curves: name -> ``calibration.calibration_bins`` output (confidence, frequency, count per bin) and ``ece``.
+    """
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.plot([0, 1], [0, 1], color="#8c959f", linewidth=0.8, linestyle=":", label="perfectly calibrated")
+    for (name, curve), colour in zip(curves.items(), (WRONG, CORRECT), strict=False):
+        axis.plot(curve["confidence"], curve["frequency"], marker="o", color=colour,
+                  label=f"{name} (ECE {curve['ece']:.3f})")
+    axis.set_xlabel("predicted probability (bin mean)")
+    axis.set_ylabel("observed frequency")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(title)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(matrix, names: list[str]):
+    """Rows: true class, columns: predicted class; each cell's count, shaded by its share of the row."""
+    matrix = np.asarray(matrix)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.5 * len(names) + 2)
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if len(names) <= 30:
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if shares[row, column] > 0.5 else "black")
+    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(names)), names, fontsize=7)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title("Confusion matrix (shade: share of the true class)")
     figure.tight_layout()
     return figure
 

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Prediction:
-    """One input's result: every concept's probability, and the concepts at or above their thresholds."""
+    """One input's result: every concept's probability, and the concepts predicted, most probable first: those at or
+    above their thresholds (multi-label), or the most probable class (single-label)."""
 
     probabilities: dict[str, float]
     predicted: list[str]
@@ -136,6 +137,7 @@ class Predictor:
         captions: Sequence[str] | str | None = None,
         thresholds: Sequence[float] | float | None = None,
         batch_size: int = 32,
+        top_k: int | None = None,
     ) -> list[Prediction]:
         """Predict concepts.
 
@@ -143,10 +145,13 @@ class Predictor:
             images: a photo or a list of photos (paths, PIL images, numpy arrays), or None.
             captions: a caption or a list (one per photo), or None. A single caption with several photos is
                 used for each of them.
-            thresholds: one number for every concept, or one per concept; default: the model's tuned thresholds.
+            thresholds: multi-label: one number for every concept, or one per concept; default: the model's tuned
+                thresholds. A single-label model has none: it predicts its most probable class.
+            top_k: single-label: how many of the most probable classes ``predicted`` holds (default 1);
+                multi-label: at most this many of the concepts at or above their thresholds (default: all).
 
         Returns:
-            One :class:`Prediction` per input.
+            One :class:`Prediction` per input, ``predicted`` most probable first.
         """
         images = _as_list(images)
         captions = _as_list(captions)
@@ -157,6 +162,9 @@ class Predictor:
         if images is not None and captions is not None and len(images) != len(captions):
             raise MMClassifierError(f"Got {len(images)} photos but {len(captions)} captions.")
         cutoffs = self._thresholds(thresholds)
+        cutoffs = None if cutoffs is None else dict(zip(self.concepts, cutoffs, strict=True))
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise MMClassifierError(f"top_k must be a positive number of classes, not {top_k!r}.")
         count = len(images if images is not None else captions or [])
         results: list[Prediction] = []
         for start in range(0, count, batch_size):
@@ -165,10 +173,13 @@ class Predictor:
                 images[start:end] if images is not None else None,
                 captions[start:end] if captions is not None else None,
             )
-            for row in torch.sigmoid(logits).cpu().tolist():
+            for row in self.model.probabilities(logits).cpu().tolist():
                 probabilities = dict(zip(self.concepts, row, strict=True))
-                predicted = [c for c, p, t in zip(self.concepts, row, cutoffs, strict=True) if p >= t]
-                predicted.sort(key=lambda c: -probabilities[c])
+                ranked = sorted(self.concepts, key=lambda c: -probabilities[c])
+                if cutoffs is None:  # single-label: the most probable class(es)
+                    predicted = ranked[: top_k or 1]
+                else:
+                    predicted = [c for c in ranked if probabilities[c] >= cutoffs[c]][:top_k]
                 results.append(Prediction(probabilities, predicted))
         return results
 
@@ -179,7 +190,13 @@ class Predictor:
 
         return explain(self, photo, caption, concepts)
 
-    def _thresholds(self, thresholds) -> list[float]:
+    def _thresholds(self, thresholds) -> list[float] | None:
+        """The cut-offs a prediction uses (None for a single-label model, which takes its most probable class)."""
+        if self.model.config.single_label:
+            if thresholds is not None:
+                raise MMClassifierError("This single-label model predicts its most probable class: thresholds do not "
+                                        "apply to it (top_k asks for more classes).")
+            return None
         if thresholds is None:
             return list(self.model.config.thresholds)
         if isinstance(thresholds, (int, float)):
@@ -251,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--captions-csv", type=Path, default=None,
                         help="per-photo captions: a CSV with the header file_name,caption; photos are matched by "
                              "file name, and without photo arguments the listed photos are read from its folder")
-    parser.add_argument("--threshold", type=float, default=None, help="one threshold for all concepts")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="one threshold for all concepts (multi-label models)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="single-label: print the K most probable classes (default 1); multi-label: at most K")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write one figure per photo here")
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
@@ -278,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         inputs = _inputs(args)
         predictor = Predictor.from_pretrained(args.model)
+        predictor._thresholds(args.threshold)  # a --threshold that does not apply fails once, not per photo
     except MMClassifierError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -285,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for photo, caption in inputs:
         try:
             image = load_image(photo) if photo is not None else None
-            prediction = predictor.predict(image, caption, thresholds=args.threshold)[0]
+            prediction = predictor.predict(image, caption, thresholds=args.threshold, top_k=args.top_k)[0]
             explanation = None
             if args.explain is not None and image is not None:
                 top = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
@@ -315,8 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _cutoffs(predictor: Predictor, threshold: float | None) -> dict[str, float]:
-    return dict(zip(predictor.concepts, predictor._thresholds(threshold), strict=True))
+def _cutoffs(predictor: Predictor, threshold: float | None) -> dict[str, float] | None:
+    cutoffs = predictor._thresholds(threshold)
+    return None if cutoffs is None else dict(zip(predictor.concepts, cutoffs, strict=True))
 
 
 def _save_figure(figure, path: Path) -> None:

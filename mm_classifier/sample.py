@@ -73,7 +73,7 @@ def sample_folder(seed: int = 0, num_photos: int = NUM_PHOTOS, root: Path | None
             shutil.rmtree(tmp, ignore_errors=True)
     elif not (folder / REGIONS_FILE).is_file():
         # A folder generated before the regions were written: replay the generator for them (same seed, same scenes).
-        _write_json(folder / REGIONS_FILE, {name: regions for name, _, regions, _ in _scenes(seed, num_photos)})
+        _write_json(folder / REGIONS_FILE, {name: regions for name, _, regions, _, _ in _scenes(seed, num_photos)})
     return folder
 
 
@@ -85,12 +85,42 @@ def generate_sample(folder: Path, seed: int = 0, num_photos: int = NUM_PHOTOS) -
     with open(folder / "captions.txt", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption"])
-        for name, image, regions, captions in _scenes(seed, num_photos):
+        for name, image, regions, captions, _ in _scenes(seed, num_photos):
             image.save(folder / "images" / name)
             all_regions[name] = regions
             for caption in captions:
                 writer.writerow([name, caption])
     _write_json(folder / REGIONS_FILE, all_regions)
+
+
+def write_ground_table(seed: int = 0, num_photos: int = NUM_PHOTOS, root: Path | None = None) -> Path:
+    """A single-label version of the sample: ``grounds.csv`` in the sample's folder, one row per caption
+    (``image``, ``caption``, ``labels``) labelled with its scene's one ground (grass, snow, water or beach).
+
+    ``python train.py --dataset sample-grounds`` trains single-label models on it (detected: one label a photo).
+    """
+    folder = sample_folder(seed=seed, num_photos=num_photos, root=root)
+    table = folder / "grounds.csv"
+    if not table.is_file():
+        tmp = table.with_name(f"{table.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "caption", "labels"])
+            for name, _, _, captions, scene in _scenes(seed, num_photos):
+                for caption in captions:
+                    writer.writerow([f"images/{name}", caption, scene["ground"]])
+        os.replace(tmp, table)
+    return table
+
+
+# The names train.py's --dataset gives the built-in data: the sample (multi-label concepts mined from its captions)
+# and its single-label version (each photo's ground).
+BUILT_IN = ("sample", "sample-grounds")
+
+
+def built_in_path(name: str, seed: int = 0) -> Path:
+    """Where the built-in data set ``name`` (one of :data:`BUILT_IN`) is, written on first use."""
+    return write_ground_table(seed=seed) if name == "sample-grounds" else sample_folder(seed=seed)
 
 
 def read_regions(folder: Path) -> dict[str, list[dict]]:
@@ -104,14 +134,14 @@ def read_regions(folder: Path) -> dict[str, list[dict]]:
 
 
 def _scenes(seed: int, num_photos: int):
-    """The sample's scenes in order: (photo name, image, regions, captions). One random stream draws them all,
+    """The sample's scenes in order: (photo name, image, regions, captions, scene). One random stream draws them all,
     so the order of the draws below is part of the sample (changing it changes every photo and caption)."""
     rng = random.Random(seed)
     for index in range(num_photos):
         scene = _random_scene(rng)
         image, regions = _draw_scene(scene, rng)
         captions = [_caption(scene, rng) for _ in range(CAPTIONS_PER_PHOTO)]
-        yield f"scene_{index:05d}.png", image, regions, captions
+        yield f"scene_{index:05d}.png", image, regions, captions, scene
 
 
 def _write_json(path: Path, value) -> None:
@@ -217,3 +247,14 @@ def _caption(scene: dict, rng: random.Random) -> str:
         parts.append(rng.choice(GROUNDS[scene["ground"]][1]))
     caption = " ".join(parts)
     return caption[0].upper() + caption[1:] + rng.choice([" .", ".", ""])
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mm_classifier.sample", description="Write the built-in sample "
+                                     "(in the cache) and print where it is.")
+    parser.add_argument("--single-label", action="store_true",
+                        help="also write grounds.csv: each photo labelled with its one ground (a single-label set)")
+    args = parser.parse_args()
+    print(built_in_path("sample-grounds" if args.single_label else "sample"))

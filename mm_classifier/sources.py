@@ -41,7 +41,7 @@ from .photo_rows import (
     rows_dataset,
     text_list,
 )
-from .sample import sample_folder
+from .sample import BUILT_IN, built_in_path
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def load_photos(
     if not isinstance(source, DataSource):
         source = DataSource(str(source))
     source = dataclasses.replace(source, **{k: v for k, v in options.items() if v is not None})
-    if source.path == "sample":
-        path = sample_folder(seed=seed)
+    if source.path in BUILT_IN:
+        path = built_in_path(source.path, seed=seed)
     else:
         path = Path(source.path).expanduser()
         if not path.exists():
@@ -173,11 +173,11 @@ def looks_like_hub_id(source: str) -> bool:
 def check_source(source: str | os.PathLike | DataSource) -> None:
     """Raise at once when ``source`` is neither ``"sample"``, an existing path nor a hub id (nothing is loaded)."""
     source = str(source)
-    if source == "sample" or Path(source).expanduser().exists() or looks_like_hub_id(source):
+    if source in BUILT_IN or Path(source).expanduser().exists() or looks_like_hub_id(source):
         return
     raise MMClassifierError(
         f"Data set {Path(source).expanduser()} does not exist. Pass an existing folder or file, a hub id such as "
-        "'jxie/flickr8k', or 'sample' for the built-in data set."
+        "'jxie/flickr8k', or 'sample' for the built-in data set ('sample-grounds': its single-label version)."
     )
 
 

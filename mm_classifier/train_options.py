@@ -7,18 +7,21 @@ import argparse
 import os
 from pathlib import Path
 
-from .configuration import MultiModalConfig
+from .configuration import PROBLEM_TYPES, MultiModalConfig
 from .data import add_source_arguments, check_source
 from .errors import MMClassifierError
 from .fusion import FUSION_TYPES
 from .hub import check_hub_access, check_pretrained_download
 from .labels import DEFAULT_NUM_CONCEPTS
 from .options import HelpFormatter, at_least, config_argument
+from .sample import BUILT_IN
 from .text_models import AUTO, MAX_LENGTH_QUANTILE, check_text_encoder, encoder_type, pretrained_text_config
 from .tokenization import DEFAULT_MAX_LENGTH
 
 STAGES = ("image", "text", "fusion")
 DEFAULT_EPOCHS = 15
+# The measurements behind it are in docs/experiments.md ("Class weights").
+DEFAULT_CLASS_WEIGHTS = "none"
 # Without a pretrained encoder: the lstm for short captions, the bag for longer texts (text_models.AUTO; the
 # measurements behind it are in docs/experiments.md).
 DEFAULT_TEXT_ENCODER = AUTO
@@ -41,13 +44,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     a MultiModalConfig field: its flag, default and help come from the config (``config_argument``)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="sample", help="a data folder or file, a hub id, or 'sample'")
+    data.add_argument("--dataset", default="sample", help="a data folder or file, a hub id, 'sample', or "
+                      "'sample-grounds' (the sample, each photo labelled with its one ground: single-label)")
     add_source_arguments(data)  # --image-column, --caption-column, --label-column, --image-dir
     data.add_argument("--labels", type=Path, help="given labels: file naming the label set (default: training labels)")
     data.add_argument("--concepts", type=Path, help="JSON concept file, concept -> words (default: built-in)")
     data.add_argument("--num-concepts", type=at_least(1), default=DEFAULT_NUM_CONCEPTS,
                       help="how many of the most frequent concepts to learn")
     config_argument(data, "min_votes", type=at_least(1))
+    data.add_argument("--problem-type", choices=PROBLEM_TYPES, help="single_label_classification: one class a photo "
+                      "(softmax); multi_label_classification: any number of concepts (default: single-label when "
+                      "every training photo has exactly one given label, else multi-label)")
     data.add_argument("--seed", type=int, default=0, help="seeds training, and the split unless --split-seed")
     data.add_argument("--split-seed", type=int, help="seeds the split only (default: --seed)")
 
@@ -89,6 +96,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW's, after half an epoch of warm-up; "
                        "cosine decay")
     train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's")
+    train.add_argument("--class-weights", choices=["none", "auto"], default=DEFAULT_CLASS_WEIGHTS,
+                       help="auto: weigh the loss by the training labels' frequencies (multi-label: each concept's "
+                       "positives by negatives/positives; single-label: each class by N / (classes x its examples))")
     train.add_argument("--early-stopping-patience", type=int, default=5,
                        help="stop after this many epochs without a validation mAP gain")
     train.add_argument("--gradient-accumulation-steps", type=at_least(1), default=1,
@@ -109,13 +119,15 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--preprocessing-num-proc", type=int, default=min(2, os.cpu_count() or 1),
                      help="processes that resize the photos for the pixel cache (default: 2; 1 on a one-CPU machine)")
     run.add_argument("--skip-report", action="store_true", help="do not write the comparison report.md")
+    run.add_argument("--skip-baselines", action="store_true",
+                     help="report.md without the logistic-regression baselines (for data too large to want them)")
     return p
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Defaults that depend on the data (the sample is tiny and has no pretrained weights), checked before
     any data loads: a mistake costs seconds, not a training run."""
-    sample = args.dataset == "sample"
+    sample = args.dataset in BUILT_IN
     check_source(args.dataset)  # before the pretrained-weights check, whose message would hide this one
     if args.backbone_weights is not None:
         if args.pretrained is False:
@@ -153,7 +165,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def model_config(stage: str, args, concepts: list[str], vocab_size: int, pad_token_id: int, max_length: int,
-                 lexicon=None):
+                 lexicon=None, problem_type: str | None = None, loss_weights: list[float] | None = None):
+    """The stage's config. ``loss_weights``: ``--class-weights``' per-concept weights (positives' weights for a
+    multi-label model, classes' for a single-label one)."""
+    single_label = problem_type == "single_label_classification"
     return MultiModalConfig(
         modality=stage,
         backbone=args.backbone,
@@ -178,4 +193,7 @@ def model_config(stage: str, args, concepts: list[str], vocab_size: int, pad_tok
         id2label=dict(enumerate(concepts)),
         concept_words={c: list(lexicon.get(c, [c])) for c in concepts} if lexicon is not None else None,
         min_votes=args.min_votes,
+        problem_type=problem_type,
+        pos_weight=None if single_label else loss_weights,
+        class_weights=loss_weights if single_label else None,
     )

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from .calibration import expected_calibration_error, fit_temperatures
 from .errors import MMClassifierError
 from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
@@ -238,17 +240,36 @@ def train_epoch(model, dataloader, collate: PairCollator, optimizer, scheduler, 
 
 @torch.no_grad()
 def predict(model, dataloader, collate: PairCollator, accelerator, desc: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(N, C) probabilities, (N, C) labels and the mean loss over a (sharded) split, gathered across processes."""
+    """(N, C) logits (uncalibrated), (N, C) labels and the mean loss over a (sharded) split, gathered across
+    processes."""
     model.eval()
-    probabilities, labels, losses = [], [], []
+    logits, labels, losses = [], [], []
     for batch in tqdm(dataloader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
         output = model(**collate(batch, training=False))
-        probs, targets = accelerator.gather_for_metrics((torch.sigmoid(output.logits.float()), batch["labels"]))
+        batch_logits, targets = accelerator.gather_for_metrics((output.logits.float(), batch["labels"]))
         loss = accelerator.gather_for_metrics(output.loss.detach().float().repeat(len(batch["labels"])))
-        probabilities.append(probs.cpu())
+        logits.append(batch_logits.cpu())
         labels.append(targets.cpu())
         losses.append(loss.cpu())
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy(), float(torch.cat(losses).mean())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), float(torch.cat(losses).mean())
+
+
+def loss_weights(labels: torch.Tensor, concepts: list[str], single_label: bool) -> list[float]:
+    """``--class-weights auto``: weights from the training labels' frequencies. Multi-label: each concept's positives
+    weigh (negatives / positives), BCE's ``pos_weight``; single-label: each class weighs N / (C * its examples),
+    scikit-learn's "balanced". A concept without training examples keeps 1.0, with a warning.
+
+    Args:
+        labels: (N, C) the training rows' targets.
+    """
+    positives = labels.float().sum(dim=0)  # (C,)
+    count, missing = len(labels), [c for c, n in zip(concepts, positives.tolist(), strict=True) if n == 0]
+    if missing:
+        warnings.warn(f"--class-weights auto: no training example has {', '.join(missing)}; "
+                      f"{'it keeps' if len(missing) == 1 else 'they keep'} the weight 1.", stacklevel=2)
+    safe = positives.clamp(min=1)
+    weights = count / (len(concepts) * safe) if single_label else (count - positives).clamp(min=1) / safe
+    return [1.0 if n == 0 else round(float(w), 4) for n, w in zip(positives.tolist(), weights, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -260,31 +281,48 @@ def summary(metrics: dict) -> dict:
 
 
 def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, concepts: list[str]) -> dict:
-    """Tune the model's thresholds on validation predictions, then score validation and test with them.
+    """Calibrate the model's probabilities and tune its thresholds on validation predictions, then score validation
+    and test with them.
 
-    Each concept's own threshold is pulled toward a shared one, as far as cross-validation over the validation
-    photos (``val_photos``: each pair's photo, so folds never split a photo) says it generalises.
+    Temperatures (:func:`~mm_classifier.calibration.fit_temperatures`) minimise the validation log loss; the
+    thresholds of a multi-label model are then tuned on the calibrated scores, each concept's own pulled toward a
+    shared one as far as cross-validation over the validation photos (``val_photos``: each pair's photo, so folds
+    never split a photo) says it generalises.
 
     Args:
-        val, test: ``(probabilities, labels)`` of each split.
+        val, test: ``(logits, labels)`` of each split.
 
     Returns:
-        ``validation_*`` and ``test_*`` scalar metrics and the threshold choice; ``model.config.thresholds`` is set.
+        ``validation_*`` and ``test_*`` scalar metrics (with the calibration error before and after), and the
+        threshold choice; ``model.config``'s ``calibration_temperatures`` and ``thresholds`` are set.
     """
-    (val_probs, val_labels), (test_probs, test_labels) = val, test
+    config = model.config
+    (val_logits, val_labels), (test_logits, test_labels) = val, test
     if len(val_photos) != len(val_labels):
         raise RuntimeError(f"{len(val_labels)} validation predictions for {len(val_photos)} pairs")
-    shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_labels, groups=val_photos)
-    thresholds = model.config.thresholds = tune_thresholds(val_probs, val_labels, shrinkage=shrinkage)
-    return {
-        **{f"validation_{k}": v for k, v in summary(compute_metrics(val_probs, val_labels, thresholds)).items()},
-        **{f"test_{k}": v for k, v in summary(compute_metrics(test_probs, test_labels, thresholds, concepts)).items()},
-        "threshold_shrinkage": shrinkage if math.isfinite(shrinkage) else "shared",
-        # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
-        "threshold_shrinkage_cv_micro_f1": {
-            str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()
-        },
-    }
+    uncalibrated = {split: model.probabilities(torch.from_numpy(logits), calibrated=False).numpy()
+                    for split, logits in (("validation", val_logits), ("test", test_logits))}
+    config.calibration_temperatures = fit_temperatures(val_logits, val_labels, config.single_label)
+    val_probs, test_probs = (model.probabilities(torch.from_numpy(z)).numpy() for z in (val_logits, test_logits))
+    results = {}
+    if config.single_label:
+        thresholds = None
+    else:
+        shrinkage, shrinkage_scores = select_threshold_shrinkage(val_probs, val_labels, groups=val_photos)
+        thresholds = config.thresholds = tune_thresholds(val_probs, val_labels, shrinkage=shrinkage)
+        results = {
+            "threshold_shrinkage": shrinkage if math.isfinite(shrinkage) else "shared",
+            # Cross-validated validation micro-F1 of each candidate strength ("inf": one shared threshold).
+            "threshold_shrinkage_cv_micro_f1": {
+                str(k).removesuffix(".0"): round(v, 4) for k, v in shrinkage_scores.items()
+            },
+        }
+    for split, probs, labels in (("validation", val_probs, val_labels), ("test", test_probs, test_labels)):
+        metrics = summary(compute_metrics(probs, labels, thresholds, concepts, single_label=config.single_label))
+        metrics["ece"] = expected_calibration_error(probs, labels, config.single_label)
+        metrics["ece_uncalibrated"] = expected_calibration_error(uncalibrated[split], labels, config.single_label)
+        results.update({f"{split}_{k}": v for k, v in metrics.items()})
+    return results
 
 
 def describe_training(model, photo_input: PhotoInput | None) -> str:

@@ -446,3 +446,143 @@ def test_app_without_a_model_says_to_train_first(tmp_path):
                             timeout=120)
     assert result.returncode == 2
     assert "python train.py" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ single-label
+
+
+@pytest.fixture(scope="module")
+def single_label_model(tiny_model, tmp_path_factory):
+    """The tiny model's folder made single-label (a softmax over its concepts as classes) with a calibration
+    temperature, its run recorded as on a local folder with a test accuracy."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path_factory.mktemp("single") / "model"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(problem_type="single_label_classification", pos_weight=None,
+                  calibration_temperatures=[2.0] * len(config["id2label"]))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "all_results.json").write_text(json.dumps({"test_accuracy": 0.8312, "test_micro_f1": 0.8312}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single_label(single_label_model):
+    from mm_classifier import Predictor
+
+    return Predictor.from_pretrained(single_label_model)
+
+
+def test_a_single_label_model_predicts_exactly_its_most_probable_class(single_label, photo):
+    assert single_label.model.config.single_label
+    for inputs in ((photo, CAPTION), (photo, None), (None, CAPTION)):
+        result = app.predict(single_label, *inputs)
+        assert result == single_label.predict(*inputs)[0]  # calibrated softmax, from the Predictor
+        assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert result.predicted == [max(result.probabilities, key=result.probabilities.get)]
+        view = app.concept_view(single_label, result)
+        ranked = sorted(result.probabilities, key=result.probabilities.get, reverse=True)
+        assert view["single_label"] and view["predicted"] == ranked[:1]
+        assert [c["concept"] for c in view["concepts"]] == ranked
+        assert [c["predicted"] for c in view["concepts"]] == [True] + [False] * (len(ranked) - 1)
+        assert all(c["threshold"] is None for c in view["concepts"])
+        top = ranked[0]
+        expected = f"Most probable class: {top} ({result.probabilities[top]:.0%})."
+        assert app.summary(result, single_label=True) == expected
+    # Handlers without a threshold (the page has no slider) give the same; a threshold is refused clearly.
+    view, summary = app.Handlers(single_label).predict(photo, CAPTION)
+    assert view == app.concept_view(single_label, app.predict(single_label, photo, CAPTION))
+    assert summary.startswith("Most probable class: ")
+    with pytest.raises(MMClassifierError, match="thresholds do not apply"):
+        app.predict(single_label, photo, CAPTION, threshold=0.3)
+
+
+def test_a_single_label_models_explanation_and_batch(single_label, photo, photos):
+    result = app.explain(single_label, photo, CAPTION)
+    expected = single_label.predict(photo, CAPTION)[0]
+    assert result.prediction == expected and result.concept == expected.predicted[0]
+    assert all(bar["threshold"] is None for bar in result.bars["concepts"])
+    assert [bar["both"] for bar in result.bars["concepts"]] == pytest.approx(
+        [expected.probabilities[bar["concept"]] for bar in result.bars["concepts"]], abs=1e-6)
+    handlers = app.Handlers(single_label)
+    last = result.bars["concepts"][-1]["concept"]
+    concept, _, _, bars, summary = handlers.explain_concept(photo, CAPTION, last)
+    assert concept == last and bars["explained"] == last and summary == app.summary(expected, single_label=True)
+
+    folder, good = photos
+    batch = app.predict_batch(single_label, [*good, folder / "broken.jpg"], caption=CAPTION)
+    assert [len(row.prediction.predicted) for row in batch.rows[:-1]] == [1, 1, 1]
+    assert batch.rows[-1].prediction is None
+
+
+def test_cli_of_a_single_label_model_prints_one_class_and_draws_it(single_label_model, single_label, photo, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "out.json"
+    assert predict_cli(["--model", str(single_label_model), photo, "--caption", CAPTION, "--json", str(out),
+                        "--plot-dir", str(tmp_path / "plots"), "--explain", str(tmp_path / "why")]) == 0
+    expected = single_label.predict(photo, CAPTION)[0]
+    (record,) = json.loads(out.read_text())
+    assert record["predicted"] == expected.predicted and len(expected.predicted) == 1
+    for folder in ("plots", "why"):
+        assert [p.name for p in (tmp_path / folder).iterdir()] == ["scene_00000.png"]
+    capsys.readouterr()
+    assert predict_cli(["--model", str(single_label_model), photo, "--threshold", "0.3"]) == 2
+    assert "thresholds do not apply" in capsys.readouterr().err
+
+
+def sliders(demo) -> list[dict]:
+    return [c for c in demo.config["components"] if c.get("type") == "slider"]
+
+
+def api_inputs(demo, name: str) -> int:
+    (dependency,) = [d for d in demo.config["dependencies"] if d.get("api_name") == name]
+    return len(dependency["inputs"])
+
+
+def test_a_single_label_page_has_no_threshold_slider_and_says_what_it_predicts(single_label, predictor):
+    single_page, multi_page = app.build_demo(single_label), app.build_demo(predictor)
+    assert sliders(single_page) == [] and len(sliders(multi_page)) == 1
+    # The API of a single-label page takes no threshold: photo and caption (batch: photos, caption, captions CSV).
+    assert (api_inputs(single_page, "predict"), api_inputs(single_page, "explain")) == (2, 2)
+    assert api_inputs(single_page, "predict_batch") == 3
+    assert (api_inputs(multi_page, "predict"), api_inputs(multi_page, "predict_batch")) == (3, 4)
+    text = page_text(single_page)
+    assert "Single-label: it predicts exactly one of its" in text and "accuracy 0.83 on its own test split" in text
+    assert "Which class is it?" in text and "at or above its" not in text
+    assert "Multi-label: it finds any number of its" in page_text(multi_page)
+
+
+@pytest.mark.slow
+def test_live_single_label_page_over_http_and_in_a_browser(single_label, photo):
+    from gradio_client import Client, handle_file
+
+    demo = app.build_demo(single_label)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_OPTIONS)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        expected = single_label.predict(photo, CAPTION)[0]
+        view, summary = Client(url, verbose=False).predict(handle_file(photo), CAPTION, api_name="/predict")
+        assert view["predicted"] == expected.predicted and summary == app.summary(expected, single_label=True)
+        if not os.path.exists(CHROMIUM):
+            return
+        from playwright.sync_api import expect, sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            # A caption alone: an upload's own events (which clear the last results) cannot race the prediction.
+            page.get_by_label("Caption (optional)").fill(CAPTION)
+            page.get_by_role("button", name="Predict", exact=True).click()
+            expect(page.locator("#concept-bars li")).to_have_count(len(single_label.concepts), timeout=60_000)
+            # The chosen class is the one marked; no threshold ticks, and the legend says why it was chosen.
+            expect(page.locator("#concept-bars li.found .name")).to_have_text(
+                single_label.predict(None, CAPTION)[0].predicted)
+            expect(page.locator("#concept-bars .tick")).to_have_count(0)
+            expect(page.locator("#concept-bars .legend")).to_contain_text("chosen (the most probable class)")
+            page.get_by_role("button", name="Explain").click()
+            expect(page.locator("#three-way-bars li").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#three-way-bars .tick")).to_have_count(0)
+            expect(page.locator("#three-way-bars .legend")).not_to_contain_text("threshold")
+            browser.close()
+    finally:
+        demo.close()

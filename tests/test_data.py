@@ -221,3 +221,47 @@ def test_sample_does_not_import_data(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "['mm_classifier.cache', 'mm_classifier.sample']"
+
+
+def write_labelled_table(folder, labels_of_photo, photos=40):
+    """``data.csv`` (image, caption, labels as a JSON list) for ``photos`` small PNGs; photo i gets
+    ``labels_of_photo(i)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "data.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "labels"])
+        for i in range(photos):
+            Image.new("RGB", (16, 16), (i * 5 % 255, 90, 30)).save(folder / f"p{i:02d}.png")
+            writer.writerow([f"p{i:02d}.png", f"photo number {i}", json.dumps(labels_of_photo(i))])
+    return folder / "data.csv"
+
+
+def test_one_given_label_a_photo_is_single_label_and_anything_else_multi_label(tmp_path, tiny_folder):
+    grounds = ["grass", "snow", "water"]
+    single = load_flickr8k(write_labelled_table(tmp_path / "one", lambda i: [grounds[i % 3]]))
+    several = load_flickr8k(write_labelled_table(tmp_path / "two", lambda i: grounds[: 1 + i % 2]))
+    none_for_some = load_flickr8k(write_labelled_table(tmp_path / "none", lambda i: grounds[: i % 2]))
+    only_one_class = load_flickr8k(write_labelled_table(tmp_path / "same", lambda i: ["grass"]))
+    assert data.problem_type_of(single) == data.SINGLE_LABEL
+    for photos in (several, none_for_some, only_one_class, load_flickr8k(str(tiny_folder))):  # last: mined
+        assert data.problem_type_of(photos) == data.MULTI_LABEL
+    assert data.problem_type_of(single, data.MULTI_LABEL) == data.MULTI_LABEL  # asked for: a multi-label model
+    with pytest.raises(MMClassifierError, match=r"several labels \(e\.g\. p\d\d\.png: grass, snow\)"):
+        data.problem_type_of(several, data.SINGLE_LABEL)
+    with pytest.raises(MMClassifierError, match="needs given labels.*mined from the captions"):
+        data.problem_type_of(load_flickr8k(str(tiny_folder)), data.SINGLE_LABEL)
+
+
+def test_single_label_pairs_drop_the_photos_without_a_class_and_say_how_many(tmp_path):
+    grounds = ["grass", "snow", "water"]
+    photos = load_flickr8k(write_labelled_table(tmp_path / "t", lambda i: [grounds[i % 3]]))
+    with pytest.warns(DataWarning, match="not in the label set"):  # water is not a class: its labels are dropped
+        pairs = to_pairs(photos, ["grass", "snow"])
+    with pytest.warns(DataWarning, match="no label among the classes"):
+        kept = data.single_label_pairs(pairs)
+    for split in pairs:
+        assert len(kept[split]) == sum(1 for labels in pairs[split]["labels"] if labels)
+        assert all(len(labels) == 1 for labels in kept[split]["labels"])
+    several = to_pairs(load_flickr8k(write_labelled_table(tmp_path / "s", lambda i: grounds[: 1 + i % 2])))
+    with pytest.raises(MMClassifierError, match="one label a photo"):
+        data.single_label_pairs(several)

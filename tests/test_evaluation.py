@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,17 @@ from mm_classifier import (
     Predictor,
     build_tokenizer,
 )
-from mm_classifier.evaluation import evaluate_model, pairs_for_model, score_pairs, write_pipeline_report
+from mm_classifier.baselines import TextBaseline
+from mm_classifier.evaluation import (
+    FUSION_BASELINE,
+    PHOTO_BASELINE,
+    TEXT_BASELINE,
+    baseline_scores,
+    evaluate_model,
+    pairs_for_model,
+    score_pairs,
+    write_pipeline_report,
+)
 from mm_classifier.evaluation import main as evaluation_cli
 from mm_classifier.metrics import compute_metrics
 from mm_classifier.pairs import multi_hot
@@ -86,6 +97,35 @@ def test_cli_reports_a_model_its_ablations_and_comparisons(models, tiny_folder, 
     )
 
 
+def test_baselines_are_fitted_on_the_training_pairs_and_decide_as_the_model_does(models, tiny_folder, tmp_path):
+    predictor = Predictor.from_pretrained(models["fusion"])
+    config = predictor.model.config
+    pairs = pairs_for_model(config, str(tiny_folder), "test")
+    targets = multi_hot(list(pairs["labels"]), len(CONCEPTS))
+    found = baseline_scores(predictor, str(tiny_folder), "test", pairs)
+    assert set(found) == {TEXT_BASELINE, PHOTO_BASELINE, FUSION_BASELINE, "thresholds"}
+    assert all(found[name].shape == (len(pairs), len(CONCEPTS)) for name in found["thresholds"])
+    np.testing.assert_allclose(found[FUSION_BASELINE], (found[TEXT_BASELINE] + found[PHOTO_BASELINE]) / 2)
+    # The text regression: TF-IDF of the training pairs' captions, labelled as the model's pairs are.
+    train_pairs = pairs_for_model(config, str(tiny_folder), "train")
+    text = TextBaseline(single_label=False).fit(list(train_pairs["caption"]), multi_hot(list(train_pairs["labels"]),
+                                                                                        len(CONCEPTS)))
+    np.testing.assert_allclose(found[TEXT_BASELINE], text.predict(list(pairs["caption"])))
+    # The photo regression gives every pair of a photo the same scores.
+    first = {}
+    for row, image_id in enumerate(pairs["image_id"]):
+        np.testing.assert_allclose(found[PHOTO_BASELINE][row], found[PHOTO_BASELINE][first.setdefault(image_id, row)])
+    result = evaluate_model(models["fusion"], str(tiny_folder), output_dir=tmp_path / "with", num_examples=2)
+    for name in found["thresholds"]:
+        assert result["baselines"][f"{name} (baseline)"] == as_json(
+            compute_metrics(found[name], targets, found["thresholds"][name], CONCEPTS))
+    report = (tmp_path / "with" / "report.md").read_text()
+    assert "Labels are mined leave-one-out" in report and re.search(r"Best by mAP: .*ahead of", report)
+    without = evaluate_model(models["fusion"], str(tiny_folder), output_dir=tmp_path / "without", num_examples=2,
+                             baselines=False)
+    assert without["baselines"] == {} and "(baseline)" not in (tmp_path / "without" / "report.md").read_text()
+
+
 def test_pair_scores_equal_predictions_pair_by_pair(models, tiny_folder):
     predictor = Predictor.from_pretrained(models["fusion"])
     pairs = pairs_for_model(predictor.model.config, str(tiny_folder), "validation").select(range(12))
@@ -136,7 +176,7 @@ def test_pipeline_report_puts_the_stages_side_by_side_with_their_training_time(m
         str(models["image"]), ["text model (text)"], "validation",
     )
     report = report_file.read_text()
-    assert report.startswith("# Image-only, text-only and fusion models compared\n")
+    assert report.startswith("# Image-only, text-only and fusion models compared, with the plain baselines\n")
     # Only a stage whose folder has all_results.json gets a row.
     assert report.endswith("## Training time\n\n| model | best epoch | epochs run | training s | stage s |\n"
                            "|---|---:|---:|---:|---:|\n| text | 2 | 4 | 3.5 | 5.0 |\n")

@@ -61,6 +61,50 @@ def test_by_default_the_predicted_concepts_are_explained_or_else_the_three_most_
     assert [e.concept for e in nothing_predicted.concepts] == ranked[:3]
 
 
+def variant(predictor, **changes):
+    """The tiny model's weights under a changed config (a problem type, calibration temperatures)."""
+    config = MultiModalConfig.from_dict({**predictor.model.config.to_dict(), **changes})
+    model = MultiModalClassifier(config)
+    model.load_state_dict(predictor.model.state_dict())
+    return Predictor(model, predictor.processor, device="cpu")
+
+
+def test_the_probabilities_are_calibrated_as_predict_gives_them(predictor, photo, caption):
+    count = len(predictor.concepts)
+    calibrated = variant(predictor, calibration_temperatures=[0.5 + 2 * i / count for i in range(count)])
+    explanation = explain(calibrated, photo, caption, concepts=calibrated.concepts)
+    predictions = {"both": calibrated.predict(photo, caption)[0], "photo_only": calibrated.predict(photo)[0],
+                   "caption_only": calibrated.predict(None, caption)[0]}
+    for entry in explanation.concepts:
+        for name, prediction in predictions.items():
+            assert getattr(entry, name) == pytest.approx(prediction.probabilities[entry.concept], abs=1e-5)
+    assert explanation.predicted == predictions["both"].predicted
+
+
+def test_a_single_label_model_explains_its_most_probable_class(predictor, photo, caption):
+    from mm_classifier.plots import plot_explanation, plot_prediction
+
+    single = variant(predictor, problem_type="single_label_classification", pos_weight=None,
+                     calibration_temperatures=[2.0] * len(predictor.concepts))
+    prediction = single.predict(photo, caption)[0]
+    top = max(prediction.probabilities, key=prediction.probabilities.get)
+    explanation = explain(single, photo, caption)  # by default: the chosen class only
+    assert explanation.predicted == prediction.predicted == [top]
+    assert [e.concept for e in explanation.concepts] == [top]
+    every = explain(single, photo, caption, concepts=single.concepts)
+    for inputs, name in (((photo, caption), "both"), ((photo, None), "photo_only"), ((None, caption), "caption_only")):
+        probabilities = [getattr(e, name) for e in every.concepts]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)  # a softmax over the classes
+        assert probabilities == pytest.approx(list(single.predict(*inputs)[0].probabilities.values()), abs=1e-5)
+    # The figures mark the chosen class where a multi-label model's have thresholds.
+    figure = plot_explanation(Image.open(photo).convert("RGB"), every, thresholds=None)
+    labels = [label.get_text() for label in figure.axes[-1].get_yticklabels()]
+    assert f"{top} (chosen)" in labels and sum(label.endswith("(chosen)") for label in labels) == 1
+    figure = plot_prediction(Image.open(photo).convert("RGB"), prediction, caption, thresholds=None)
+    legend = [text.get_text() for text in figure.axes[-1].get_legend().get_texts()]
+    assert legend == ["chosen (most probable)", "other classes"]
+
+
 # ------------------------------------------------------------------------------------------- caption words
 
 

@@ -68,3 +68,24 @@ def test_metrics_load_with_evaluate_from_their_path():
 
     metric = evaluate.load(str(METRICS_DIR / "multilabel_classification.py"))
     assert metric.compute(predictions=[[1, 0], [1, 1]], references=[[1, 0], [0, 1]])["micro_f1"] == pytest.approx(0.8)
+
+
+def test_single_label_metrics_take_the_most_probable_class():
+    classes = np.array([0, 1, 2, 3, 0, 2])
+    references = np.eye(4, dtype=int)[classes]
+    scores = np.array([[0.7, 0.1, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.5, 0.1, 0.3, 0.1], [0.1, 0.2, 0.3, 0.4],
+                       [0.05, 0.3, 0.25, 0.4], [0.1, 0.1, 0.2, 0.6]])
+    result = compute_metrics(scores, references, None, list("abcd"), single_label=True)
+    predicted = scores.argmax(1)
+    assert result["accuracy"] == result["micro_f1"] == pytest.approx(accuracy_score(classes, predicted))
+    assert result["macro_f1"] == pytest.approx(f1_score(classes, predicted, average="macro"))
+    # The true class among the three most probable: every row but the fifth (a is its fourth).
+    assert result["top_k"] == 3 and result["top_k_accuracy"] == pytest.approx(5 / 6)
+    assert result["confusion_matrix"][2] == [1, 0, 0, 1]  # c: once taken for a, once for d
+    assert "threshold" not in result["per_concept"]["a"] and result["per_concept"]["c"]["recall"] == 0.0
+    assert result["mAP"] == pytest.approx(np.mean([average_precision_score(references[:, i], scores[:, i])
+                                                   for i in range(4)]))
+    assert "subset_accuracy" not in result  # a multi-label metric
+    # Three classes or fewer: top-3 accuracy would always be 1, so it is left undefined.
+    three = compute_metrics(scores[:, :3], np.eye(3, dtype=int)[[0, 1, 2, 2, 0, 2]], None, single_label=True)
+    assert three["top_k_accuracy"] is None

@@ -66,15 +66,25 @@ def test_card_metadata_the_hub_reads(tmp_path):
     assert result["metrics"] == [{"type": "micro_f1", "name": "micro-F1", "value": 0.6123}]
 
 
-@pytest.mark.parametrize("dataset, hub_datasets", [
-    ("sample", None), ("someone/flickr8k-parquet", ["someone/flickr8k-parquet"]), ("data/flickr8k", ["flickr8k"]),
+@pytest.mark.parametrize("dataset, hub_datasets, prose", [
+    ("sample", None, "mm_classifier's built-in synthetic sample (not on the Hub)"),
+    ("sample-grounds", None, "mm_classifier's built-in synthetic sample (not on the Hub)"),
+    ("someone/flickr8k-parquet", ["someone/flickr8k-parquet"], "a data set on the Hub"),
+    ("data/flickr8k", None, "a local folder or file (not on the Hub)"),
+    ("shop/products.csv", None, "a local folder or file (not on the Hub)"),
 ])
-def test_card_names_the_hub_data_set(tmp_path, dataset, hub_datasets):
-    if dataset == "data/flickr8k":
-        (tmp_path / "data" / "flickr8k").mkdir(parents=True)
-        dataset = str(tmp_path / "data" / "flickr8k")
-    write_model_card(tmp_path, card_config(), RESULTS, dataset=dataset)
-    assert ModelCard((tmp_path / "README.md").read_text()).data.to_dict().get("datasets") == hub_datasets
+def test_card_names_the_data_set_trained_on(tmp_path, monkeypatch, dataset, hub_datasets, prose):
+    # A local folder or file is no hub data set, whatever its name (today's code called every one flickr8k).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "flickr8k").mkdir(parents=True)
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "products.csv").write_text("file_name,caption,labels\n")
+    card = model_card(tmp_path, card_config(), dataset=dataset)
+    metadata = ModelCard(card).data.to_dict()
+    assert metadata.get("datasets") == hub_datasets
+    # A test figure's data set is a hub id too: a run on data that is not on the Hub keeps its figures in the text.
+    assert ("model-index" in metadata) == (hub_datasets is not None)
+    assert f"Trained on `{dataset}`, {prose};" in card
 
 
 def test_card_of_a_run_without_figures_has_no_model_index(tmp_path):
@@ -83,11 +93,12 @@ def test_card_of_a_run_without_figures_has_no_model_index(tmp_path):
 
 
 def test_card_concepts_data_results_and_use(tmp_path):
-    card = model_card(tmp_path, card_config())
+    card = model_card(tmp_path, card_config(), dataset="someone/flickr8k")
     assert 'pipeline(model="path/to/this/folder", trust_remote_code=True)' in card
-    assert "`dog` (threshold 0.25), `beach` (threshold 0.60)" in card
+    assert "multi-label, any number\nof concepts per input, each predicted at or above its own threshold" in card
+    assert "## Concepts\n\n`dog` (threshold 0.25), `beach` (threshold 0.60)" in card
     assert "at least 3 of its captions name it" in card
-    assert "Trained on `data/flickr8k`; 1200 training rows; tested on 400\n" in card
+    assert "Trained on `someone/flickr8k`, a data set on the Hub; 1200 training rows; tested on\n400 (photo" in card
     # Only summary metrics appear, in the summary's order and labels; an undefined one is n/a.
     assert "| metric | value |\n|---|---:|\n| micro-F1 | 0.612 |\n| mAP | n/a |\n\n" in card
     assert "not_a_summary_metric" not in card
@@ -104,8 +115,40 @@ def test_card_says_how_the_labels_were_made(tmp_path):
 
 def test_card_of_an_incomplete_run_says_what_is_unknown(tmp_path):
     card = model_card(tmp_path, card_config(), results={})
-    assert "; ? training rows; tested on ?\n" in card
+    assert "; ? training rows; tested on\n? (photo" in card
     assert "|---|---:|\n\n" in card  # an empty results table
+    assert "## Calibration" not in card  # no calibration error recorded
+
+
+SINGLE_LABEL_RESULTS = {
+    "test_accuracy": 0.8312, "test_micro_f1": 0.8312, "test_top_k_accuracy": 0.97, "test_macro_f1": 0.8,
+    "test_mAP": 0.9, "test_ece": 0.0312, "test_ece_uncalibrated": 0.1204, "train_rows": 800, "test_pairs": 131,
+}
+
+
+def test_card_of_a_single_label_model_with_given_labels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "products").mkdir()
+    config = card_config(problem_type="single_label_classification", concept_words=None)
+    card = model_card(tmp_path, config, results=SINGLE_LABEL_RESULTS, dataset="products")
+    assert "Predicts which one of 2 classes a photo and/or its caption belongs to" in card
+    assert "single-label,\nexactly one class per input, the most probable one" in card and "multi-label" not in card
+    # Classes without thresholds: a single-label model has none.
+    assert "## Classes\n\n`dog`, `beach`\n" in card and "threshold" not in card
+    assert "The labels were given with the data and used as given" in card and "leave-one-out" not in card
+    # Its own metrics, with accuracy first; the calibration error before and after.
+    assert "| metric | value |\n|---|---:|\n| accuracy | 0.831 |\n| top-3 acc. | 0.970 |\n| macro-F1 | 0.800 |" in card
+    assert "micro-F1" not in card
+    assert "## Calibration" in card and "0.120 before\ncalibration, 0.031 after" in card
+    assert "one temperature for every class" in card
+    metadata = ModelCard(card).data.to_dict()
+    assert "single-label-classification" in metadata["tags"] and "multi-label-classification" not in metadata["tags"]
+    assert "datasets" not in metadata and "Trained on `products`, a local folder or file (not on the Hub)" in card
+
+
+def test_card_of_a_multi_label_model_shows_its_calibration(tmp_path):
+    card = model_card(tmp_path, card_config(), results={**RESULTS, "test_ece": 0.02, "test_ece_uncalibrated": 0.05})
+    assert "a temperature per concept, before its sigmoid" in card and "0.050 before\ncalibration, 0.020 after" in card
 
 
 @pytest.mark.parametrize("overrides, phrase", [

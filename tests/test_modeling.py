@@ -37,6 +37,30 @@ def test_config_defaults_validation_and_auto_registration():
             tiny_config(**{field: value})
 
 
+def test_single_label_loss_is_weighted_cross_entropy_and_probabilities_a_calibrated_softmax():
+    single = "single_label_classification"
+    for field, value in [("problem_type", "regression"), ("class_weights", [1.0]),
+                         ("calibration_temperatures", [1.0, 0.0, 1.0])]:
+        with pytest.raises(ValueError, match=f"MultiModalConfig.{field}"):
+            tiny_config(modality="text", **{field: value})
+    with pytest.raises(ValueError, match="MultiModalConfig.class_weights"):  # a multi-label model weighs positives
+        tiny_config(modality="text", class_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="MultiModalConfig.pos_weight"):
+        tiny_config(modality="text", problem_type=single, pos_weight=[1.0, 2.0, 3.0])
+    model = MultiModalClassifier(tiny_config(modality="text", problem_type=single, class_weights=[1.0, 2.0, 0.5]))
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    classes = torch.tensor([0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, classes, weight=torch.tensor([1.0, 2.0, 0.5]))
+    assert model.loss(logits, classes) == pytest.approx(expected.item())
+    assert model.loss(logits, torch.eye(3)[classes]) == pytest.approx(expected.item())  # one-hot rows, as batched
+    assert model.probabilities(logits).sum(-1).tolist() == pytest.approx([1.0, 1.0])
+    model.config.calibration_temperatures = [2.0] * 3
+    assert model.probabilities(logits) == pytest.approx((logits / 2).softmax(-1))
+    assert model.probabilities(logits, calibrated=False) == pytest.approx(logits.softmax(-1))
+    multi = MultiModalClassifier(tiny_config(modality="text", calibration_temperatures=[1.0, 2.0, 4.0]))
+    assert multi.probabilities(logits) == pytest.approx(torch.sigmoid(logits / torch.tensor([1.0, 2.0, 4.0])))
+
+
 @pytest.mark.parametrize("modality", ["fusion", "image", "text"])
 def test_output_shapes_for_each_modality(modality):
     model = MultiModalClassifier(tiny_config(modality=modality)).eval()

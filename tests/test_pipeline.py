@@ -17,12 +17,12 @@ from mm_classifier import (
 CONCEPTS = {0: "dog", 1: "beach", 2: "man"}
 
 
-def tiny_pipeline(modality="fusion", thresholds=(0.3, 0.5, 0.6)):
+def tiny_pipeline(modality="fusion", thresholds=(0.3, 0.5, 0.6), **overrides):
     tokenizer = build_tokenizer(["a dog runs on the beach", "a man in a red shirt"], min_frequency=1)
     config = MultiModalConfig(
         modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=len(tokenizer), id2label=CONCEPTS,
         thresholds=list(thresholds), image_embed_dim=16, text_embed_dim=16, word_embed_dim=8, lstm_hidden_size=8,
-        fusion_hidden_sizes=[16],
+        fusion_hidden_sizes=[16], **overrides,
     )
     torch.manual_seed(0)
     model = MultiModalClassifier(config).eval()
@@ -100,6 +100,19 @@ def test_top_k_and_threshold(pipe, photos):
     assert {r["label"] for r in per_concept if r["predicted"]} == {"dog", "man"}
     with pytest.raises(ValueError, match="one per concept"):
         pipe(image=photos[0], threshold=[0.5, 0.5])
+
+
+def test_a_single_label_model_marks_only_its_most_probable_class(photos):
+    pipe = tiny_pipeline(problem_type="single_label_classification", calibration_temperatures=[2.0] * 3)
+    for image in photos:
+        results = pipe(image=image, text="a dog on the beach")
+        with torch.no_grad():
+            logits = pipe.model(**pipe.processor(images=image, text="a dog on the beach")).logits[0]
+        expected = dict(zip(CONCEPTS.values(), (logits / 2.0).softmax(-1).tolist(), strict=True))
+        assert {r["label"]: r["score"] for r in results} == pytest.approx(expected, abs=1e-6)
+        assert [r["predicted"] for r in results] == [True, False, False]  # sorted by score: the first is chosen
+    with pytest.raises(ValueError, match="thresholds do not apply"):
+        pipe(image=photos[0], threshold=0.5)
 
 
 def test_a_single_modality_model_ignores_the_other_input(photos):

@@ -50,7 +50,9 @@ def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
     both, = predictor.predict(photo, caption)
     photo_only, = predictor.predict(photo)
     caption_only, = predictor.predict(None, caption)
-    # The probabilities are the sigmoid of the logits of the model and processor loaded the transformers way.
+    # The probabilities are the calibrated sigmoids of the logits of the model and processor loaded the transformers
+    # way (train.py fitted the temperatures on the validation split).
+    assert predictor.model.config.calibration_temperatures is not None
     model = AutoModel.from_pretrained(tiny_model).eval()
     processor = MultiModalProcessor.from_pretrained(tiny_model)
     thresholds = dict(zip(predictor.concepts, predictor.model.config.thresholds, strict=True))
@@ -58,7 +60,8 @@ def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
                                (caption_only, {"text": caption})):
         assert list(prediction.probabilities) == predictor.concepts
         with torch.no_grad():
-            expected = torch.sigmoid(model(**processor(**inputs)).logits)[0]
+            logits = model(**processor(**inputs)).logits
+            expected = torch.sigmoid(logits / torch.tensor(model.config.calibration_temperatures))[0]
         assert list(prediction.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-5)
         assert set(prediction.predicted) == {c for c, p in prediction.probabilities.items() if p >= thresholds[c]}
     # Each input counts: the photo alone, the caption alone and both give three different answers.

@@ -94,7 +94,7 @@ def test_figures_are_the_ones_the_report_links_to(tmp_path):
     probabilities, targets = np.tile(PROBABILITIES, (2, 1))[:6], np.tile(TARGETS, (2, 1))[:6]
     write_figures(tmp_path, pairs, probabilities, targets, THRESHOLDS, CONCEPTS, num_examples=2)
     linked = re.findall(r"\]\(([^)]+\.png)\)", render_report(result, {}))
-    assert sorted(linked) == ["examples.png", "pr_curves.png", "roc_curves.png"]
+    assert sorted(linked) == ["examples.png", "pr_curves.png", "reliability.png", "roc_curves.png"]
     for name in linked:
         with Image.open(tmp_path / name) as figure:
             figure.verify()  # a readable PNG

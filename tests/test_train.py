@@ -16,6 +16,7 @@ from conftest import TINY_TRAIN_ARGS
 from mm_classifier import MultiModalConfig, Predictor, train_options
 from mm_classifier.labels import DEFAULT_MIN_VOTES
 from mm_classifier.options import default_text
+from mm_classifier.sample import built_in_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = ("test_micro_f1", "test_macro_f1", "test_mAP", "test_roc_auc")
@@ -80,6 +81,37 @@ def test_three_stage_pipeline_writes_three_models_and_a_report(tiny_folder, tmp_
     assert json.loads((gated / "config.json").read_text())["fusion_type"] == "gated"
     assert any(k.startswith("fusion.gate.") for k in load_file(gated / "model.safetensors"))
     assert "gated multimodal unit" in (gated / "README.md").read_text()  # the model card says how it fuses
+
+
+def test_the_single_label_sample_trains_with_the_default_command_and_predicts_one_class_each(tmp_path, capsys):
+    # The default command on the sample's single-label version: detected from its labels, no option says so.
+    assert train.main(["--dataset", "sample-grounds", "--output-dir", str(tmp_path), "--epochs", "2",
+                       "--max-train-samples", "300"]) == 0
+    assert "4 classes (single-label)" in capsys.readouterr().out
+    for stage in ("image", "text", "fusion"):
+        config = json.loads((tmp_path / stage / "config.json").read_text())
+        assert config["problem_type"] == "single_label_classification" and len(set(
+            config["calibration_temperatures"])) == 1
+        results = json.loads((tmp_path / stage / "all_results.json").read_text())
+        assert results["test_accuracy"] == results["test_micro_f1"] and "threshold_shrinkage" not in results
+        assert {"test_ece", "test_ece_uncalibrated", "test_top_k_accuracy"} <= set(results)
+    predictor = Predictor.from_pretrained(tmp_path / "fusion")
+    photos = sorted((built_in_path("sample-grounds").parent / "images").glob("*.png"))[:16]
+    for prediction in predictor.predict(photos, "a man with a dog") + predictor.predict(None, ["", "in the snow"]):
+        assert prediction.predicted == [max(prediction.probabilities, key=prediction.probabilities.get)]
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len(predictor.predict(photos[0], top_k=3)[0].predicted) == 3
+    # The report: accuracy first, the baselines on the same pairs, the calibration and a confusion matrix.
+    scored = json.loads((tmp_path / "metrics.json").read_text())
+    assert scored["problem_type"] == "single_label_classification" and scored["labels"] == "given"
+    assert set(scored["baselines"]) == {"TF-IDF logistic regression (baseline)",
+                                        "photo-feature logistic regression (baseline)",
+                                        "late fusion of the two regressions (baseline)"}
+    assert scored["calibration"]["ece"] <= scored["calibration"]["ece_uncalibrated"] + 0.02
+    report = (tmp_path / "report.md").read_text()
+    assert "| model | accuracy | top-3 acc. |" in report and "Labels are the photos' given labels" in report
+    assert re.search(r"Best by accuracy: .*, \d\.\d{3} ahead of", report)
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "reliability.png").is_file()
 
 
 def run_script(args, timeout=600):
@@ -206,9 +238,10 @@ def test_every_option_has_help_and_the_docs_table_lists_each_with_its_default():
     assert wrong == {}, "(the docs' default, --help's default)"
 
 
-# Config fields whose flag train.py resolves itself: which models to train (default: all three), and how many
-# tokens a caption keeps (default: from the training texts).
-RESOLVED_BY_TRAIN_PY = {"modality", "max_length"}
+# Config fields whose flag train.py resolves itself: which models to train (default: all three), how many tokens a
+# caption keeps (default: from the training texts), single- or multi-label (default: from the labels) and the loss's
+# class weights (the flag says how to compute them from the labels).
+RESOLVED_BY_TRAIN_PY = {"modality", "max_length", "problem_type", "class_weights"}
 
 
 def test_model_options_default_to_the_config_fields_and_the_sample_to_its_own(tiny_folder, monkeypatch):
