@@ -20,7 +20,7 @@ from .baselines import PhotoBaseline, TextBaseline, late_fusion
 from .calibration import expected_calibration_error
 from .data import DataSource, add_source_arguments, load_photos, single_label_pairs, source_from_args, to_pairs
 from .errors import MMClassifierError
-from .features import cached_pooled_features, photo_pixels, photos_key
+from .features import cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
 from .pairs import hold_out_validation, multi_hot
 from .predict import Predictor
@@ -119,8 +119,9 @@ def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str,
 
     The training and validation photos are those train.py used: when the evaluated split is the validation split
     (a copy whose test photos are withheld), a seeded seventh of the training photos serve as the validation split,
-    as in training. The photo regression reads the pooled output of the model's own backbone (as trained; frozen
-    during training unless ``--trainable-blocks``); a text-only model gets only the text regression.
+    as in training. The photo regression reads the features the model's image encoder reads from its backbone
+    (the head's pooled output, or the chosen stages'), pooled: a linear probe of the same backbone; a text-only
+    model gets only the text regression.
 
     Returns:
         Baseline name -> (N, C) probabilities, and ``"thresholds"`` -> name -> thresholds (None: single-label).
@@ -160,10 +161,15 @@ def photos_of(pairs):
 
 
 def _pooled_features(predictor: Predictor, photos) -> np.ndarray:
-    processor = predictor.processor
-    pixels = photo_pixels(photos, processor)
-    table = cached_pooled_features(pixels, photos_key(photos), predictor.model, processor, device=predictor.device)
-    return table.tensor().float().numpy()
+    """(P, F) the features the model's image encoder reads from its backbone, pooled over positions: the frozen
+    features training cached (read from that cache when the backbone trained frozen), else computed once and
+    cached the same way."""
+    model, processor = predictor.model, predictor.processor
+    model.freeze_backbone(0)  # evaluation trains nothing; a frozen backbone's outputs can be cached
+    table = cached_frozen_features(lambda: photo_pixels(photos, processor), photos_key(photos) + str(
+        model.config.image_size), model, processor, device=predictor.device, num_photos=len(photos))
+    features = table.tensor().float()  # (P, F), or (P, C, h, w) maps for a local projection
+    return (features.mean(dim=(-2, -1)) if features.dim() == 4 else features).numpy()
 
 
 def _photo_rows(pairs, photos) -> np.ndarray:

@@ -195,39 +195,15 @@ def cached_frozen_features(
                          "stages train on pixels")
     views = ("mirror",) if mirror else ()  # the plain view's key is the one it always had
     key = _digest(pixels_key, backbone_digest(model), processor.to_dict(), *views)
-    encoder = model.image_encoder
-    desc = f"Computing backbone features{' of the mirror images' if mirror else ''}"
-    return _cached_photo_outputs(pixels, num_photos, key, encoder, encoder.backbone_features, processor, device,
-                                 batch_size, mirror, desc)
-
-
-@torch.no_grad()
-def cached_pooled_features(pixels, pixels_key: str, model, processor: MultiModalProcessor,
-                           num_photos: int | None = None, batch_size: int = 64, device: torch.device | str = "cpu"
-                           ) -> PhotoTable:
-    """The pooled output of a model's whole backbone (its head's features before any classifier, (P, F)) for every
-    photo, cached on disk in float16 as :func:`cached_frozen_features` caches (same arguments): the photo features
-    of the reports' linear baseline."""
-    backbone = model.image_encoder.backbone
-    key = _digest(pixels_key, "pooled", model.config.backbone, model.config.backbone_kwargs,
-                  _tensor_digest(sorted(backbone.state_dict().items())), processor.to_dict())
-    return _cached_photo_outputs(pixels, num_photos, key, backbone, backbone, processor, device, batch_size, False,
-                                 "Computing pooled photo features")
-
-
-def _cached_photo_outputs(pixels, num_photos, key: str, module, compute, processor, device, batch_size, mirror,
-                          desc) -> PhotoTable:
-    """``compute`` (part of ``module``, run in inference mode) of every photo's normalised pixels, cached under
-    ``key`` in float16; see :func:`cached_frozen_features`."""
     cache_file = cache_root() / "features" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    module.to(device)
-    was_training = module.training
-    module.eval()
-    module.to(memory_format=torch.channels_last)  # MobileNetV2 runs about twice as fast so on CPU, and on GPU
+    encoder = model.image_encoder.to(device)
+    was_training = encoder.training
+    encoder.eval()
+    encoder.to(memory_format=torch.channels_last)  # MobileNetV2 runs about twice as fast so on CPU, and on GPU
     if callable(pixels):
         if num_photos is None:
-            raise TypeError("pass num_photos with a function that loads the pixels")
+            raise TypeError("cached_frozen_features: pass num_photos with a function that loads the pixels")
         load, loaded = pixels, []
     else:
         num_photos, loaded = len(pixels), [pixels]
@@ -238,7 +214,7 @@ def _cached_photo_outputs(pixels, num_photos, key: str, module, compute, process
         index = torch.as_tensor(batch["photo"])
         x = processor.normalize(loaded[0][index]).to(device)
         x = (x.flip(-1) if mirror else x).contiguous(memory_format=torch.channels_last)
-        out = compute(x).float().cpu()
+        out = encoder.backbone_features(x).float().cpu()
         return {"shape": [list(out.shape[1:])] * len(out), "features": out.flatten(1).half().numpy()}
 
     table = datasets.Dataset.from_dict({"photo": list(range(num_photos))})
@@ -250,10 +226,10 @@ def _cached_photo_outputs(pixels, num_photos, key: str, module, compute, process
             remove_columns=["photo"],
             cache_file_name=str(cache_file),
             new_fingerprint=key,
-            desc=desc,
+            desc=f"Computing backbone features{' of the mirror images' if mirror else ''}",
         )
     finally:
-        module.train(was_training)
+        encoder.train(was_training)
     return PhotoTable(cached, "features", tuple(cached[0]["shape"]), np.float16)
 
 

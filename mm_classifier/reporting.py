@@ -200,8 +200,8 @@ def render_report(result: dict, rows: dict[str, dict], title: str | None = None)
         lines += ["", sentence]
     if result.get("baselines"):
         lines += ["", "The baselines are scikit-learn logistic regressions fitted on the training pairs: on TF-IDF "
-                  "features of the texts (words and bigrams), on the pooled features of the model's backbone, and the "
-                  "mean of their probabilities (`mm_classifier/baselines.py`)."]
+                  "features of the texts (words and bigrams), on the pooled features the model's image encoder reads "
+                  "from its backbone, and the mean of their probabilities (`mm_classifier/baselines.py`)."]
     calibration = result.get("calibration")
     if calibration:
         lines += ["", f"Calibration: expected calibration error {format_metric(calibration['ece_uncalibrated'])} "
