@@ -194,7 +194,9 @@ def cached_frozen_features(
         raise ValueError("cached_frozen_features needs a wholly frozen backbone (freeze_backbone(0)); trainable "
                          "stages train on pixels")
     views = ("mirror",) if mirror else ()  # the plain view's key is the one it always had
-    key = _digest(pixels_key, backbone_digest(model), processor.to_dict(), *views)
+    # The image settings only: a caption setting (the processor's max_length, set from the training texts) must not
+    # invalidate the photos' features.
+    key = _digest(pixels_key, backbone_digest(model), processor.image_processor.to_dict(), *views)
     cache_file = cache_root() / "features" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     encoder = model.image_encoder.to(device)

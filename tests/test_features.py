@@ -74,6 +74,11 @@ def test_cached_frozen_features_never_load_the_pixels_again(photos):
     )
     # a tensor of pixels finds the same cache
     assert torch.equal(cached_frozen_features(pixels, key, model, processor).tensor(), built)
+    # so does a processor that cuts captions elsewhere (max_length comes from the training texts)
+    longer = MultiModalProcessor.from_config(model.config, None)
+    longer.max_length = processor.max_length + 16
+    assert torch.equal(cached_frozen_features(must_not_load, key, model, longer, num_photos=len(photos)).tensor(),
+                       built)
     with pytest.raises(TypeError, match="num_photos"):
         cached_frozen_features(load, key, model, processor).tensor()
 
