@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
-from .cache import cache_root
+from .cache import cache_root, drop_if_damaged
 from .processing import MultiModalProcessor
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def photo_pixels(
     key = _digest(photos_key(photos), processor.image_size)
     cache_file = cache_root() / "pixels" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    drop_if_damaged(cache_file, len(photos))
     size = processor.image_size
 
     def resize(batch):
@@ -209,6 +210,7 @@ def cached_frozen_features(
         load, loaded = pixels, []
     else:
         num_photos, loaded = len(pixels), [pixels]
+    drop_if_damaged(cache_file, num_photos)
 
     def run(batch):
         if not loaded:  # a cache miss: now the pixels are needed

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
-from .cache import cache_root
+from .cache import cache_root, drop_if_damaged
 from .errors import MMClassifierError
 
 SPLITS = ("train", "validation", "test")
@@ -462,6 +462,7 @@ def _write_photo_rows(rows: CaptionRows, source_split: str, split: str, table: p
     key = _digest(PHOTO_ROWS_VERSION, source._fingerprint, split, _table_digest(table))
     cache_file = cache_root() / "photos" / f"{key}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    drop_if_damaged(cache_file, len(table))
     photos = source.select(table["row"].to_numpy()).select_columns([rows.image])
     if isinstance(photos.features[rows.image], datasets.Image):
         photos = photos.cast_column(rows.image, datasets.Image(decode=False))

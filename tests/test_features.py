@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, load_flickr8k
+from mm_classifier.cache import cache_root
 from mm_classifier.features import PhotoTable, cached_frozen_features, photo_pixels, photos_key
 
 
@@ -115,3 +116,21 @@ def test_mirror_images_outputs_are_cached_apart(photos):
     assert torch.equal(
         cached_frozen_features(must_not_load, key, model, processor, num_photos=len(photos)).tensor(), plain
     )
+
+
+def test_a_cache_file_cut_short_is_rebuilt_never_read(photos, caplog):
+    processor = MultiModalProcessor(None, image_size=32)
+    model = tiny_model()
+    pixels = photo_pixels(photos, processor).tensor()  # a copy: the cache file is cut below, under its memory map
+    key = photos_key(photos) + "cut"
+    features = cached_frozen_features(pixels, key, model, processor).tensor()
+    for kind, build, expected in (("pixels", lambda: photo_pixels(photos, processor), pixels),
+                                  ("features", lambda: cached_frozen_features(pixels, key, model, processor),
+                                   features)):
+        newest = max((cache_root() / kind).glob("*.arrow"), key=lambda f: f.stat().st_mtime)
+        with open(newest, "r+b") as handle:  # as a crash or a full disk would leave it
+            handle.truncate(newest.stat().st_size // 2)
+        with caplog.at_level("WARNING", logger="mm_classifier.cache"):
+            assert torch.equal(build().tensor(), expected), kind
+        assert f"Rebuilding the damaged cache file {newest}" in caplog.text
+        caplog.clear()
