@@ -155,6 +155,46 @@ def test_resume_after_sigkill_gives_identical_weights(tiny_folder, tmp_path):
     assert all(ra[k] == rb[k] for k in RESULT_KEYS)
 
 
+# train.py run with one function (module, then attribute path) patched to kill the process on its call number N.
+KILLED_IN = """
+import importlib, os, runpy, signal, sys
+*path, name = {attributes!r}
+owner = importlib.import_module({module!r})
+for part in path:
+    owner = getattr(owner, part)
+original, calls = getattr(owner, name), []
+def die_on_call_n(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {call}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(owner, name, die_on_call_n)
+sys.argv = {argv!r}
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "attributes", "call", "split_seed"), [
+    ("mm_classifier.modeling", ["ImageEncoder", "backbone_features"], 2, 3),  # computing frozen features (1: init)
+    ("mm_classifier.data", ["labels_from_votes"], 20, 4),  # a photo's labels, while the pairs are written
+])
+def test_a_run_killed_while_caching_or_writing_pairs_ends_as_an_uninterrupted_one(
+        module, attributes, call, split_seed, tiny_folder, tmp_path):
+    # A split seed of its own: nothing is cached yet for this split. A frozen backbone: its features are cached.
+    common = ["train.py", "--dataset", str(tiny_folder), "--modality", "fusion", *TINY_TRAIN_ARGS,
+              "--trainable-blocks", "0", "--split-seed", str(split_seed)]
+    argv = [*common, "--output-dir", str(tmp_path / "killed")]
+    killed = run_script(["-c", KILLED_IN.format(module=module, attributes=attributes, call=call, argv=argv)])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_script([*argv, "--resume-from-checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference = run_script([*common, "--output-dir", str(tmp_path / "reference")])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("killed", "reference"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_with_accelerate_launch(tiny_folder, tmp_path):
     result = run_script(["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
