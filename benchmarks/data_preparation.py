@@ -50,7 +50,7 @@ def main():
     agreement = (everything.float() - naive_pixels.float()).abs().mean().item()
     rows = [
         ("naive loop: full decode + resize", f"{n / naive_s:.0f}", f"{naive_s:.1f}"),
-        (f"project: draft decode, datasets.map(num_proc={args.num_proc}), Arrow cache", f"{n / first_s:.0f}",
+        (f"project: full decode, datasets.map(num_proc={args.num_proc}), Arrow cache", f"{n / first_s:.0f}",
          f"{first_s:.1f}"),
         ("project, second run (cache reused; rows read on demand)", f"{n / second_s:.0f}", f"{second_s:.2f}"),
         ("  then copying every photo of it into one tensor", f"{n / copy_s:.0f}", f"{copy_s:.2f}"),

@@ -25,7 +25,9 @@ from .cache import cache_root, drop_if_damaged
 from .processing import MultiModalProcessor
 
 logger = logging.getLogger(__name__)
-FEATURE_CACHE_VERSION = 2  # 2: the frozen features column is named "features"
+# 2: the frozen features column is named "features"; 3: photos decoded at full size (a JPEG was decoded at reduced
+# size for small image sizes), so that training and prediction read the same pixels
+FEATURE_CACHE_VERSION = 3
 
 
 def _digest(*parts) -> str:

@@ -27,25 +27,25 @@ MIN_IMAGE_SIDE = 8  # below this a "photo" carries no usable content
 ImageInput = Any  # PIL image, numpy array (H, W[, C]), path, bytes, or a datasets {"path", "bytes"} dict
 
 
-def load_image(image: ImageInput, draft_size: int | None = None) -> Image.Image:
+def load_image(image: ImageInput) -> Image.Image:
     """Open any supported image input as an RGB PIL image, EXIF orientation applied.
 
-    Args:
-        draft_size: for a JPEG file or bytes, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
-            sides stay at least this many pixels (a big photo resized to 224 px then costs a fraction of a
-            full decode).
+    Every kind of input of one photo gives the same pixels: a file or bytes is decoded at full size, as a PIL image
+    or numpy array of it already was. Only a JPEG file or bytes with more pixels than PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``) is decoded at reduced size, the least of libjpeg's 1/2, 1/4 and 1/8 scales
+    that fits the limit, so a valid photo of up to twice that limit still loads.
 
     Raises:
-        MMClassifierError: unreadable, corrupt, non-image, too small, or with more pixels to decode than PIL's
-            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), counted after any reduced-size decode: a
-            JPEG photo of up to twice that limit decoded at reduced size passes (``draft_size``), a PNG claiming
-            as many pixels does not. Above twice the limit PIL refuses a file before any decode.
+        MMClassifierError: unreadable, corrupt, non-image, too small, or with more pixels to decode than the
+            limit, counted after any reduced-size decode: a JPEG photo of up to twice the limit passes, a PNG
+            claiming as many pixels does not, nor does a decoded image or array above the limit. Above twice the
+            limit PIL refuses a file before any decode.
     """
     name = "image"
     try:
         with warnings.catch_warnings():
             # PIL warns on the file's nominal size between 1x and 2x its limit (and refuses above 2x); the bound
-            # that matters is on the pixels decoded, checked below after the reduced-size decode.
+            # that matters is on the pixels decoded, checked below after any reduced-size decode.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if isinstance(image, dict):  # datasets.Image(decode=False) value
                 image = image.get("bytes") or image.get("path")
@@ -65,8 +65,8 @@ def load_image(image: ImageInput, draft_size: int | None = None) -> Image.Image:
                     f"Unsupported image input of type {type(image).__name__}: pass a PIL image, a numpy array "
                     "or a file path."
                 )
-            if draft_size and pil.format == "JPEG" and pil is not image:
-                pil.draft("RGB", (draft_size, draft_size))
+            if pil.format == "JPEG" and pil is not image:  # never resize a caller's own image object
+                _draft_within_bound(pil)
             if pil.width * pil.height > (Image.MAX_IMAGE_PIXELS or math.inf):
                 raise MMClassifierError(
                     f"{name} is too large: {pil.width}x{pil.height} pixels to decode, above PIL's limit of "
@@ -88,6 +88,23 @@ def load_image(image: ImageInput, draft_size: int | None = None) -> Image.Image:
         raise MMClassifierError(f"{name} is not an image PIL can read (JPEG, PNG, WebP, ...).") from None
     except OSError as err:  # truncated or corrupt data
         raise MMClassifierError(f"{name} is corrupt or truncated: {err}") from None
+
+
+def _draft_within_bound(pil: Image.Image) -> None:
+    """Let libjpeg decode a JPEG above the pixel bound at the least reduced scale (1/2, 1/4, 1/8) that fits it.
+
+    Within the bound, nothing: a reduced-size decode gives other pixels than the full decode that a PIL image or
+    numpy array of the same photo went through, and so other probabilities.
+    """
+    bound = Image.MAX_IMAGE_PIXELS or math.inf
+    if pil.width * pil.height <= bound:
+        return
+    for scale in (2, 4, 8):
+        if math.ceil(pil.width / scale) * math.ceil(pil.height / scale) <= bound:
+            break
+    # draft picks the largest scale that keeps both sides at least the size asked for: this one (or less, for a
+    # side shorter than the scale).
+    pil.draft("RGB", (max(1, pil.width // scale), max(1, pil.height // scale)))
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -163,7 +180,7 @@ class MultiModalImageProcessor(BaseImageProcessor):
 
         Training caches this output, which is 4x smaller than the float pixel values.
         """
-        pil = load_image(image, draft_size=self.image_size)
+        pil = load_image(image)
         pil = pil.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, load_flickr8k
-from mm_classifier.cache import cache_root
+from mm_classifier.cache import CACHE_ENV_VAR
 from mm_classifier.features import PhotoTable, cached_frozen_features, photo_pixels, photos_key
 
 
@@ -118,7 +118,8 @@ def test_mirror_images_outputs_are_cached_apart(photos):
     )
 
 
-def test_a_cache_file_cut_short_is_rebuilt_never_read(photos, caplog):
+def test_a_cache_file_cut_short_is_rebuilt_never_read(photos, caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path))  # a cache of its own: each folder holds this test's file only
     processor = MultiModalProcessor(None, image_size=32)
     model = tiny_model()
     pixels = photo_pixels(photos, processor).tensor()  # a copy: the cache file is cut below, under its memory map
@@ -127,7 +128,7 @@ def test_a_cache_file_cut_short_is_rebuilt_never_read(photos, caplog):
     for kind, build, expected in (("pixels", lambda: photo_pixels(photos, processor), pixels),
                                   ("features", lambda: cached_frozen_features(pixels, key, model, processor),
                                    features)):
-        newest = max((cache_root() / kind).glob("*.arrow"), key=lambda f: f.stat().st_mtime)
+        newest, = (tmp_path / kind).glob("*.arrow")
         with open(newest, "r+b") as handle:  # as a crash or a full disk would leave it
             handle.truncate(newest.stat().st_size // 2)
         with caplog.at_level("WARNING", logger="mm_classifier.cache"):

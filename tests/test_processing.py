@@ -74,21 +74,78 @@ def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, m
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     processor = MultiModalProcessor(None, image_size=16)
-    for side in (50, 40):
+    for side in (50, 40, 30):
         for suffix in ("png", "jpg"):
             Image.new("RGB", (side, side), "red").save(tmp_path / f"big{side}.{suffix}")
-    # Above twice PIL's limit a file is refused outright. Below that, a JPEG that the processor decodes at
-    # reduced size (JPEG draft: 40x40 at 1/2 scale, 400 pixels) passes, as a valid 90-megapixel photo does
-    # under PIL's real limit; decoded whole, or as a PNG, the same pixel count is refused.
-    refused = [(load, f"big50.{suffix}") for load in (load_image, processor.resize_image) for suffix in ("png", "jpg")]
-    refused += [(load_image, "big40.png"), (load_image, "big40.jpg"), (processor.resize_image, "big40.png")]
-    for load, name in refused:
+    # Above twice PIL's limit a file is refused outright. Below that, a JPEG above the limit is decoded at reduced
+    # size (JPEG draft: 40x40 at 1/2 scale, 400 pixels) and passes, as a valid 90-megapixel photo does under PIL's
+    # real limit; as a PNG, or already decoded, the same pixel count is refused. Within the limit nothing is
+    # reduced (30x30, 900 pixels).
+    loads = (load_image, processor.resize_image)
+    refused = [(load, tmp_path / f"big50.{suffix}") for load in loads for suffix in ("png", "jpg")]
+    refused += [(load, tmp_path / "big40.png") for load in loads]
+    refused += [(load, np.asarray(Image.open(tmp_path / "big40.jpg"))) for load in loads]
+    for load, image in refused:
         with pytest.raises(MMClassifierError, match="too large"):
-            load(tmp_path / name)
+            load(image)
+    assert load_image(tmp_path / "big40.jpg").size == (20, 20)
+    assert load_image((tmp_path / "big40.jpg").read_bytes()).size == (20, 20)
     assert processor.resize_image(tmp_path / "big40.jpg").shape == (3, 16, 16)
+    assert load_image(tmp_path / "big30.jpg").size == (30, 30)
     # Loading a data set makes the same decision, so a photo it accepts never stops feature caching later.
     assert [_readable(tmp_path / f"big{n}") for n in ("50.png", "50.jpg", "40.png", "40.jpg")] == [
         False, False, False, True]
+
+
+def realistic_jpeg(path, size=(500, 375)):
+    """A photo-like JPEG (Flickr8k's usual size): smooth gradients, a few shapes and sensor noise, quality 90."""
+    rng = np.random.default_rng(1)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [128 + 100 * np.sin(x / 37 + phase) * np.cos(y / 23 - phase) for phase in (0.0, 1.3, 2.6)]
+    array = np.stack(channels, axis=-1)
+    array[(x - 300) ** 2 + (y - 150) ** 2 < 60**2] = (220, 40, 30)  # a red disc with sharp edges
+    array[250:330, 40:200] = (20, 30, 160)
+    array += rng.normal(0, 12, array.shape)
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+
+
+def every_kind_of_input(path):
+    """One photo as a path, a str, bytes, a datasets dict, an opened PIL image, a decoded one and a numpy array."""
+    data = path.read_bytes()
+    return {"path": path, "str": str(path), "bytes": data, "datasets dict": {"bytes": data, "path": None},
+            "Image.open": Image.open(path), "load_image": load_image(path),
+            "numpy": np.asarray(Image.open(path).convert("RGB"))}
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 224])
+def test_every_kind_of_input_of_one_photo_gives_the_same_pixels(tmp_path, image_size):
+    # At small sizes a reduced-size JPEG decode (libjpeg's 1/4 or 1/8 scale) would give a file other pixels than
+    # the PIL image or numpy array of the same photo, and other probabilities.
+    path = realistic_jpeg(tmp_path / "photo.jpg")
+    processor = MultiModalProcessor(None, image_size=image_size)
+    expected = processor(images=path)["pixel_values"]
+    for kind, image in every_kind_of_input(path).items():
+        assert torch.equal(processor(images=image)["pixel_values"], expected), kind
+    assert load_image(path).size == (500, 375)  # decoded at full size
+
+
+def test_every_kind_of_input_of_one_photo_gives_the_same_probabilities(tmp_path, predictor):
+    from transformers import pipeline
+
+    from mm_classifier import PIPELINE_TASK
+
+    path = realistic_jpeg(tmp_path / "photo.jpg")
+    caption = "a dog runs on the beach"
+    inputs = every_kind_of_input(path)
+    expected = predictor.predict(path, caption)[0].probabilities
+    pipe = pipeline(PIPELINE_TASK, model=predictor.model, processor=predictor.processor, device="cpu")
+    for kind, image in inputs.items():
+        for got in (predictor.predict(image, caption)[0].probabilities,
+                    {result["label"]: result["score"] for result in pipe(image=image, text=caption)}):
+            assert got.keys() == expected.keys()
+            assert max(abs(got[concept] - expected[concept]) for concept in expected) <= 1e-4, kind
 
 
 def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
@@ -109,9 +166,9 @@ def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
 
 
 def reference_pixels(image, size, mean, std) -> torch.Tensor:
-    """The photo transform written out (it must never change): decode with a JPEG draft at the target size,
-    bilinear resize to S x S with reducing_gap=2.0, uint8, then (x / 255 - mean) / std in float32."""
-    pil = load_image(image, draft_size=size).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    """The photo transform written out (it must never change): decode at full size, bilinear resize to S x S
+    with reducing_gap=2.0, uint8, then (x / 255 - mean) / std in float32."""
+    pil = load_image(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     pixels = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
     return (pixels.float() / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
@@ -119,7 +176,7 @@ def reference_pixels(image, size, mean, std) -> torch.Tensor:
 def test_outputs_are_bit_identical_to_the_reference_transform_and_tokenizer(tmp_path):
     rng = np.random.default_rng(0)
     big = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
-    big.save(tmp_path / "big.jpg", quality=90)  # JPEG draft decoding applies
+    big.save(tmp_path / "big.jpg", quality=90)
     jpeg = io.BytesIO()
     big.save(jpeg, "JPEG")
     images = [tmp_path / "big.jpg", jpeg.getvalue(), Image.new("RGBA", (30, 40), (10, 20, 30, 128)),
