@@ -88,17 +88,18 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     processor = MultiModalProcessor.from_config(model.config, data.tokenizer)
     if accelerator.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    collators = {}
+    collators, pairs, unreadable = {}, {}, 0
     for split in SPLITS:  # photos and frozen encoders' embeddings, computed once (and cached) per split
         with accelerator.main_process_first():
             inputs = split_inputs(model, processor, data.splits[split], photo_input, accelerator.device,
                                   args.preprocessing_num_proc)
         collators[split] = PairCollator(processor, inputs, model.config.uses_image, model.config.uses_text)
+        pairs[split], unreadable = inputs.pairs, unreadable + len(inputs.unreadable_photos)
 
-    train_rows = data.splits["train"].pairs
+    train_rows = pairs["train"]
     if stage == "image":
         train_rows = photo_rows(train_rows, len(data.splits["train"].photos))
-    train_dl, val_dl, test_dl = dataloaders(train_rows, data.splits["validation"].pairs, data.splits["test"].pairs,
+    train_dl, val_dl, test_dl = dataloaders(train_rows, pairs["validation"], pairs["test"],
                                             args.batch_size, seed=args.seed, num_workers=args.num_workers)
     epochs = args.stage_epochs[stage]
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / args.gradient_accumulation_steps)
@@ -135,10 +136,10 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
     val = predict(model, val_dl, collators["validation"], accelerator, "validating")[:2]
     test = predict(model, test_dl, collators["test"], accelerator, "testing")[:2]
     results = {
-        **tune_and_score(unwrapped, val, test, data.splits["validation"].pairs.photo_index.numpy(), data.concepts),
+        **tune_and_score(unwrapped, val, test, pairs["validation"].photo_index.numpy(), data.concepts),
         "best_epoch": state.best_epoch, "epochs_run": state.epoch, "train_seconds": round(state.train_seconds, 1),
         "stage_seconds": round(time.perf_counter() - started, 1), "num_processes": accelerator.num_processes,
-        "train_rows": len(train_rows), "test_pairs": len(test[1]),
+        "train_rows": len(train_rows), "test_pairs": len(test[1]), "unreadable_photos": unreadable,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from .errors import MMClassifierError
 from .features import cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
 from .pairs import hold_out_validation, multi_hot
+from .photo_rows import DataWarning, photo_problem
 from .predict import Predictor
 from .reporting import format_metric, training_time_section, write_figures, write_report
 from .thresholds import tune_thresholds
@@ -95,6 +99,27 @@ def label_pairs(config, photos):
     lexicon = config.concept_words or {c: [c] for c in config.concepts}
     pairs = to_pairs(photos, config.concepts, min_votes=config.min_votes, lexicon=lexicon)
     return single_label_pairs(pairs) if config.single_label else pairs
+
+
+def readable_pairs(pairs):
+    """The pairs whose photo still decodes, and the names of the photos that do not (deleted, truncated or replaced
+    since the data set loaded), with one warning naming them: they are left out, not allowed to stop the run."""
+    undecoded = pairs.cast_column("image", datasets.Image(decode=False))
+    first = {}
+    for row, image_id in enumerate(pairs["image_id"]):
+        first.setdefault(image_id, row)
+    bad = []
+    for image_id, row in first.items():
+        image = undecoded[row]["image"]
+        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
+        if source is None or (isinstance(source, str) and not os.path.isfile(source)) or photo_problem(source):
+            bad.append(image_id)
+    if not bad:
+        return pairs, []
+    warnings.warn(f"Left out {len(bad)} photo(s) that no longer decode: {', '.join(bad[:5])}"
+                  f"{', ...' if len(bad) > 5 else ''}.", DataWarning, stacklevel=2)
+    gone = set(bad)
+    return pairs.filter(lambda image_id: image_id not in gone, input_columns="image_id"), bad
 
 
 def pairs_for_model(config, dataset: str | DataSource, split: str, seed: int = 0):
@@ -219,6 +244,9 @@ def evaluate_model(
     if split not in photos:
         raise MMClassifierError(f"Unknown split {split!r}; choose from {list(photos)}.")
     pairs = label_pairs(config, photos[split])
+    unreadable = []
+    if config.uses_image:
+        pairs, unreadable = readable_pairs(pairs)
     if len(pairs) == 0:
         raise MMClassifierError(f"The {split} split of {dataset} has no pairs to evaluate.")
     targets = multi_hot(list(pairs["labels"]), config.num_labels)
@@ -260,7 +288,7 @@ def evaluate_model(
                   uncalibrated=uncalibrated, single_label=single_label)
     result = {
         "model": str(model_dir), "dataset": str(dataset), "split": split, "num_pairs": len(pairs),
-        "num_photos": len(set(pairs["image_id"])), "problem_type": config.problem_type,
+        "num_photos": len(set(pairs["image_id"])), "unreadable_photos": unreadable, "problem_type": config.problem_type,
         "labels": "given" if "labels" in photos[split].column_names else "mined", "metrics": main,
         "calibration": calibration, "ablation": ablation, "compare": compared, "baselines": baseline_rows,
     }

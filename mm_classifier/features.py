@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cache import cache_root, drop_if_damaged
+from .errors import MMClassifierError
 from .processing import MultiModalProcessor
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class PhotoTable:
     own (a full copy of 2,000 photos at 224 px is 300 MB of fresh pages: most of a cached rerun's time).
     ``tensor()`` copies everything into one tensor.
     """
+
+    unreadable: list[int] = []  # rows of photos that did not decode (:func:`photo_pixels`)
 
     def __init__(self, table: datasets.Dataset, column: str, row_shape: tuple[int, ...], dtype: np.dtype):
         self._row_size, self._np_dtype = int(np.prod(row_shape)), np.dtype(dtype)
@@ -122,6 +125,10 @@ def photo_pixels(
 ) -> PhotoTable:
     """(P, 3, S, S) uint8 pixels of a split's photos, through the processor's resize, cached on disk.
 
+    A photo that no longer decodes (deleted, truncated or replaced after the data set loaded) does not stop the
+    run: its row is black, a warning names it, and the returned table's ``unreadable`` lists its row, so that
+    training can leave its pairs out.
+
     Returns a :class:`PhotoTable` on the cache file: ``pixels[index]`` gives a tensor of those photos.
     """
     key = _digest(photos_key(photos), processor.image_size)
@@ -131,7 +138,15 @@ def photo_pixels(
     size = processor.image_size
 
     def resize(batch):
-        return {"pixels": [processor.resize_image(image).numpy() for image in batch["image"]]}
+        pixels, readable = [], []
+        for image in batch["image"]:
+            try:
+                pixels.append(processor.resize_image(image).numpy())
+                readable.append(True)
+            except MMClassifierError:
+                pixels.append(np.zeros((3, size, size), np.uint8))
+                readable.append(False)
+        return {"pixels": pixels, "readable": readable}
 
     undecoded = photos.cast_column("image", datasets.Image(decode=False)).select_columns(["image"])
     resized = undecoded.map(
@@ -140,12 +155,20 @@ def photo_pixels(
         batch_size=64,
         num_proc=num_proc if num_proc and len(photos) >= 256 else None,
         remove_columns=["image"],
-        features=datasets.Features({"pixels": datasets.Array3D((3, size, size), "uint8")}),
+        features=datasets.Features({"pixels": datasets.Array3D((3, size, size), "uint8"),
+                                    "readable": datasets.Value("bool")}),
         cache_file_name=str(cache_file),
         new_fingerprint=key,
         desc="Decoding and resizing photos",
     )
-    return PhotoTable(resized, "pixels", (3, size, size), np.uint8)
+    table = PhotoTable(resized, "pixels", (3, size, size), np.uint8)
+    readable = resized.data.column("readable").to_numpy(zero_copy_only=False)
+    table.unreadable = np.flatnonzero(~readable).tolist()
+    if table.unreadable:
+        names = photos.select_columns(["image_id"]).select(table.unreadable[:5])["image_id"]
+        logger.warning("%d photo(s) no longer decode and are left out: %s%s", len(table.unreadable),
+                       ", ".join(names), ", ..." if len(table.unreadable) > 5 else "")
+    return table
 
 
 def _tensor_digest(named_tensors) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -127,6 +128,14 @@ def hold_out_validation(
     return resplit(photos), resplit(pairs)
 
 
+def without_photos(pairs: PairTable, photos: list[int]) -> PairTable:
+    """The pair rows whose photo is not among ``photos`` (rows of the split's photo table)."""
+    if not photos:
+        return pairs
+    keep = ~torch.isin(pairs.photo_index, torch.as_tensor(photos, dtype=pairs.photo_index.dtype))
+    return PairTable(pairs.photo_index[keep], pairs.input_ids[keep], pairs.attention_mask[keep], pairs.labels[keep])
+
+
 def photo_rows(pairs: PairTable, num_photos: int) -> PairTable:
     """One row per photo with the mean of its pairs' labels, and no caption.
 
@@ -159,6 +168,9 @@ class SplitInputs:
         text_embeds: (N, Dt) a frozen text encoder's embedding of each pair's caption.
         caption_features: (N, hidden) a frozen transformers encoder's caption vectors, which the text encoder's
             trainable projection reads.
+        pairs: the split's pair rows the stage uses: those of photos that still decode.
+        unreadable_photos: rows of photos that no longer decode (:func:`~mm_classifier.features.photo_pixels`):
+            their pairs are left out of ``pairs`` (:func:`without_photos`).
     """
 
     photo_input: PhotoInput | None = None
@@ -166,6 +178,8 @@ class SplitInputs:
     mirrored: object | None = None
     text_embeds: torch.Tensor | None = None
     caption_features: torch.Tensor | None = None
+    pairs: PairTable | None = None
+    unreadable_photos: list[int] = dataclasses.field(default_factory=list)
 
 
 class PairCollator:

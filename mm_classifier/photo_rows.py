@@ -180,29 +180,42 @@ def _usable_photos(found: FoundPhotos, skipped: Counter) -> dict[str, Path]:
     for name in tqdm(sorted(found.captions), desc="Checking photos", unit="photo", leave=False, mininterval=1):
         if name not in found.images:
             skipped["captions for a missing photo"] += 1
-        elif not _readable(found.images[name]):
-            skipped["unreadable or corrupt photo"] += 1
+        elif problem := photo_problem(found.images[name]):
+            skipped[problem] += 1
         else:
             usable[name] = found.images[name]
     skipped["photo without captions"] += len(set(found.images) - set(found.captions))
     return usable
 
 
-def _readable(path: Path) -> bool:
-    """Decode at reduced size (JPEG draft: ~0.5 ms) to catch corrupt, truncated and non-image files, and refuse
-    what ``processing.load_image`` refuses: more pixels to decode, after the reduced-size decode, than PIL's
-    decompression-bomb limit (a valid 90-megapixel JPEG passes at 1/8 scale, a PNG bomb does not)."""
+def _readable(path) -> bool:
+    return photo_problem(path) is None
+
+
+def photo_problem(path) -> str | None:
+    """What is wrong with a photo file (the kind the loading summary counts), or None when it is usable.
+
+    Decodes at reduced size (JPEG draft: ~0.5 ms) to catch empty, non-image, truncated and corrupt files, and
+    refuses what ``processing.load_image`` refuses: more pixels to decode, after its reduced-size decode, than PIL's
+    decompression-bomb limit (a valid 90-megapixel JPEG passes at a reduced scale, a PNG claiming as many pixels does
+    not)."""
+    if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:
+        return "empty photo file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # the bound is checked below
             with PILImage.open(path) as image:
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 if image.width * image.height > (PILImage.MAX_IMAGE_PIXELS or math.inf):
-                    return False
+                    return "photo above the pixel limit (a decompression bomb?)"
                 image.load()
-                return image.width > 0 and image.height > 0
-    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError):
-        return False
+                return None if image.width > 0 and image.height > 0 else "truncated or corrupt photo"
+    except PILImage.UnidentifiedImageError:
+        return "file that is no image"
+    except PILImage.DecompressionBombError:
+        return "photo above the pixel limit (a decompression bomb?)"
+    except (OSError, SyntaxError, ValueError):
+        return "truncated or corrupt photo"
 
 
 def _listed_split(splits: Mapping[str, SplitList], available: set[str], skipped: Counter) -> dict[str, list[str]]:
@@ -401,8 +414,8 @@ def _check_photos(rows: CaptionRows, split: str, table: pa.Table, skipped: Count
     for i, image in enumerate(images):
         if isinstance(image, str) and not os.path.isfile(image):
             skipped["captions for a missing photo"] += 1
-        elif not _readable(image):
-            skipped["unreadable or corrupt photo"] += 1
+        elif problem := photo_problem(image):
+            skipped[problem] += 1
         else:
             ok[i] = True
     return table.filter(pa.array(ok))

@@ -21,7 +21,7 @@ from .errors import MMClassifierError
 from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
 from .modelcard import text_encoder_description, write_model_card
-from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs
+from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs, without_photos
 from .plots import plot_learning_curves
 from .thresholds import select_threshold_shrinkage, tune_thresholds
 
@@ -123,14 +123,19 @@ def split_inputs(
     (and their mirror images'), or a frozen image encoder's embeddings; a frozen text encoder's caption embeddings,
     or a frozen transformers encoder's caption vectors (cached on disk).
 
+    ``inputs.pairs`` are the split's pair rows that the stage uses: without the pairs of photos that no longer
+    decode (deleted or damaged after the data set loaded), which the tables computed per caption follow.
+
     Call it inside Accelerate's ``main_process_first`` so that other processes reuse the caches.
     """
-    inputs = SplitInputs(photo_input=photo_input)
+    inputs = SplitInputs(photo_input=photo_input, pairs=split.pairs)
     if photo_input is not None:
-        inputs.photos, inputs.mirrored = _photo_tables(model, processor, split.photos, photo_input, device, num_proc)
+        inputs.photos, inputs.mirrored, inputs.unreadable_photos = _photo_tables(model, processor, split.photos,
+                                                                                 photo_input, device, num_proc)
+        inputs.pairs = without_photos(split.pairs, inputs.unreadable_photos)
     if not model.config.uses_text:
         return inputs
-    tokens = [split.pairs.input_ids, split.pairs.attention_mask]
+    tokens = [inputs.pairs.input_ids, inputs.pairs.attention_mask]
     if model.config.text_encoder_type == "transformers" and model.text_encoder.trainable_layers == 0:
         inputs.caption_features = cached_caption_features(model, *tokens, device=device)
     if "text" in model.frozen_encoders and inputs.caption_features is None:
@@ -143,14 +148,15 @@ def split_inputs(
 
 
 def _photo_tables(model, processor, photos, photo_input: PhotoInput, device, num_proc):
-    """(photos, mirrored) tables of one split for ``photo_input``; mirrored is None without mirror averaging."""
+    """(photos, mirrored, unreadable) of one split for ``photo_input``: mirrored is None without mirror averaging;
+    unreadable lists the photos that no longer decode (found when the pixels are read)."""
 
     @functools.cache  # both views' caches may miss: the pixels are then opened once
     def load_pixels():
         return photo_pixels(photos, processor, num_proc=num_proc)
 
     if photo_input is PhotoInput.PIXELS:
-        return load_pixels(), None
+        return load_pixels(), None, load_pixels().unreadable
     key = photos_key(photos) + str(model.config.image_size)
     mirrors = (False, True) if model.config.image_mirror_average else (False,)
     # The pixels are loaded only if the backbone's outputs are not cached yet.
@@ -158,14 +164,15 @@ def _photo_tables(model, processor, photos, photo_input: PhotoInput, device, num
         cached_frozen_features(load_pixels, key, model, processor, device=device, num_photos=len(photos), mirror=mirror)
         for mirror in mirrors
     ]
+    unreadable = load_pixels().unreadable if load_pixels.cache_info().currsize else []
     if photo_input is PhotoInput.IMAGE_EMBEDS:  # each photo's embedding, the mean over its views as at prediction
 
         def embed(plain, mirrored=None):
             return model.encode_image(frozen_features=plain.float(),
                                       mirrored_frozen_features=None if mirrored is None else mirrored.float())
 
-        return frozen_embeds(model.image_encoder, embed, views, device), None
-    return views[0], views[1] if len(views) > 1 else None
+        return frozen_embeds(model.image_encoder, embed, views, device), None, unreadable
+    return views[0], views[1] if len(views) > 1 else None, unreadable
 
 
 # --------------------------------------------------------------------------------------------- loops

@@ -78,9 +78,13 @@ def test_bad_photos_are_skipped_and_counted(tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "images" / "nocaption.jpg")
     with open(tmp_path / "captions.txt", "a") as f:
         f.write("notimage.jpg,a dog\ntruncated.jpg,a dog\n")
-    with pytest.warns(DataWarning, match="2 unreadable or corrupt photo") as record:
+    (tmp_path / "images" / "empty.jpg").write_bytes(b"")
+    with open(tmp_path / "captions.txt", "a") as f:
+        f.write("empty.jpg,a dog\n")
+    with pytest.warns(DataWarning, match="1 truncated or corrupt photo") as record:
         photos = load_flickr8k(tmp_path)
     message = str(record[0].message)
+    assert "1 file that is no image" in message and "1 empty photo file" in message
     assert "1 captions for a missing photo" in message and "1 photo without captions" in message
     assert "2 malformed caption line" in message
     names = sum((list(photos[s]["image_id"]) for s in photos), [])

@@ -180,3 +180,19 @@ def test_pipeline_report_puts_the_stages_side_by_side_with_their_training_time(m
     # Only a stage whose folder has all_results.json gets a row.
     assert report.endswith("## Training time\n\n| model | best epoch | epochs run | training s | stage s |\n"
                            "|---|---:|---:|---:|---:|\n| text | 2 | 4 | 3.5 | 5.0 |\n")
+
+
+def test_a_photo_gone_since_loading_is_left_out_with_a_warning(models, tiny_folder, tmp_path):
+    import shutil
+
+    from mm_classifier import DataWarning
+    from mm_classifier.evaluation import readable_pairs
+
+    copy = shutil.copytree(tiny_folder, tmp_path / "copy")
+    pairs = pairs_for_model(Predictor.from_pretrained(models["fusion"]).model.config, str(copy), "test")
+    gone = pairs[0]["image_id"]
+    next(p for p in (copy / "images").iterdir() if p.name == gone).unlink()
+    with pytest.warns(DataWarning, match=f"Left out 1 photo.*{gone}"):
+        kept, bad = readable_pairs(pairs)
+    assert bad == [gone] and gone not in set(kept["image_id"])
+    assert len(kept) == sum(1 for image_id in pairs["image_id"] if image_id != gone)

@@ -257,7 +257,7 @@ def test_bad_rows_are_skipped_and_counted_in_one_warning(tmp_path):
         loaded = load_photos(path)
     assert len(record) == 1
     message = str(record[0].message)
-    for counted in ("2 malformed line", "1 captions for a missing photo", "1 unreadable or corrupt photo",
+    for counted in ("2 malformed line", "1 captions for a missing photo", "1 file that is no image",
                     "2 empty caption", "1 photo without labels", "1 row without a photo"):
         assert counted in message, counted
     assert sorted(sum((list(ds["image_id"]) for ds in loaded.values()), [])) == sorted(photos)

@@ -114,6 +114,77 @@ def test_the_single_label_sample_trains_with_the_default_command_and_predicts_on
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "reliability.png").is_file()
 
 
+def write_bad_photo_corpus(folder):
+    """A CSV collection of 36 good photos (one ground each) and one of each kind of bad file; returns the file
+    names of the bad ones that load, and of those that loading refuses."""
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    colours = {"grass": (60, 160, 60), "snow": (240, 240, 245), "water": (30, 60, 200)}
+    rows = []
+    for i in range(36):
+        ground = list(colours)[i % 3]
+        pixels = np.clip(np.array(colours[ground]) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"good{i:02d}.png")
+        rows.append((f"good{i:02d}.png", ground))
+    Image.open(folder / "good00.png").save(folder / "whole.jpg", quality=90)
+    jpeg = (folder / "whole.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "page.jpg").write_text("<html><body>Not found</body></html>")
+    png = bytearray((folder / "good00.png").read_bytes())  # a PNG whose header claims 60,000 x 60,000 pixels
+    header = png.index(b"IHDR")
+    png[header + 4 : header + 12] = struct.pack(">II", 60000, 60000)
+    png[header + 17 : header + 21] = struct.pack(">I", zlib.crc32(bytes(png[header : header + 17])))
+    (folder / "bomb.png").write_bytes(bytes(png))
+    Image.new("CMYK", (40, 40), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(1600).reshape(40, 40) * 40).astype(np.uint16)).save(folder / "sixteen_bit.png")
+    Image.new("RGB", (9500, 9500), colours["grass"]).save(folder / "ninety_megapixels.jpg", quality=50)
+    Image.open(folder / "good01.png").save(folder / "deleted_later.png")
+    loads = ["cmyk.jpg", "sixteen_bit.png", "ninety_megapixels.jpg", "deleted_later.png"]
+    refused = ["truncated.jpg", "empty.jpg", "page.jpg", "bomb.png"]
+    rows += [(name, "grass") for name in loads + refused]
+    with open(folder / "data.csv", "w") as f:
+        f.write("image,caption,labels\n" + "".join(f"{name},a photo of {ground},{ground}\n" for name, ground in rows))
+    return loads, refused
+
+
+@pytest.mark.slow
+def test_bad_files_never_stop_a_run_and_are_counted_by_kind(tmp_path, monkeypatch):
+    from mm_classifier import DataWarning, pairs
+
+    loads, refused = write_bad_photo_corpus(tmp_path / "data")
+    loaded = pairs.load_photos
+
+    def load_then_delete(*args, **kwargs):  # the file goes after the data set loaded, before its photos are read
+        photos = loaded(*args, **kwargs)
+        (tmp_path / "data" / "deleted_later.png").unlink(missing_ok=True)
+        return photos
+
+    monkeypatch.setattr(pairs, "load_photos", load_then_delete)
+    with pytest.warns(DataWarning) as record:
+        assert train.main(["--dataset", str(tmp_path / "data" / "data.csv"), "--output-dir", str(tmp_path / "out"),
+                           *TINY_TRAIN_ARGS, "--epochs", "1", "--split-seed", "1"]) == 0
+    loading = next(str(w.message) for w in record if "skipped" in str(w.message))
+    for kind in ("1 truncated or corrupt photo", "1 empty photo file", "1 file that is no image",
+                 "1 photo above the pixel limit"):
+        assert kind in loading, (kind, loading)
+    for stage in ("image", "text", "fusion"):
+        assert (tmp_path / "out" / stage / "model.safetensors").is_file()
+    photo_stages = [json.loads((tmp_path / "out" / s / "all_results.json").read_text())["unreadable_photos"]
+                    for s in ("image", "fusion")]
+    assert photo_stages == [1, 1]  # the photo deleted after loading, left out where met
+    # Nothing good is lost: every good photo, and the odd but valid ones, are in the splits the run used.
+    used = {name for split in pairs.load_photos(str(tmp_path / "data" / "data.csv"), seed=1).values()
+            for name in split["image_id"]}
+    assert {f"good{i:02d}.png" for i in range(36)} | set(loads[:3]) <= used
+
+
 def run_script(args, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
