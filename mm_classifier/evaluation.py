@@ -58,10 +58,8 @@ def score_pairs(predictor: Predictor, pairs, batch_size: int = 64, desc: str = "
     image_embeds = text_embeds = None
     if config.uses_image:
         pair_photo_ids = list(pairs["image_id"])
-        photo_ids = list(dict.fromkeys(pair_photo_ids))
-        first_row = {}
-        for row, image_id in enumerate(pair_photo_ids):
-            first_row.setdefault(image_id, row)
+        first_row = first_rows(pairs)
+        photo_ids = list(first_row)
         undecoded = pairs.cast_column("image", pairs.features["image"].__class__(decode=False))
         chunks = []
         for start in tqdm(range(0, len(photo_ids), batch_size), desc=f"{desc} photos".strip(), leave=False):
@@ -101,15 +99,20 @@ def label_pairs(config, photos):
     return single_label_pairs(pairs) if config.single_label else pairs
 
 
+def first_rows(pairs) -> dict[str, int]:
+    """Each photo's first pair row, photos in order of first appearance."""
+    first: dict[str, int] = {}
+    for row, image_id in enumerate(pairs["image_id"]):
+        first.setdefault(image_id, row)
+    return first
+
+
 def readable_pairs(pairs):
     """The pairs whose photo still decodes, and the names of the photos that do not (deleted, truncated or replaced
     since the data set loaded), with one warning naming them: they are left out, not allowed to stop the run."""
     undecoded = pairs.cast_column("image", datasets.Image(decode=False))
-    first = {}
-    for row, image_id in enumerate(pairs["image_id"]):
-        first.setdefault(image_id, row)
     bad = []
-    for image_id, row in first.items():
+    for image_id, row in first_rows(pairs).items():
         image = undecoded[row]["image"]
         source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
         if source is None or (isinstance(source, str) and not os.path.isfile(source)) or photo_problem(source):
@@ -153,6 +156,7 @@ def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str,
     """
     config = predictor.model.config
     photos = load_photos(dataset, seed=seed)
+    evaluated = photos[split]  # the split's photo table, as training had it (so its cached features are found)
     if split == "validation" or len(photos["validation"]) == 0:
         held = datasets.DatasetDict({"train": photos["train"], "validation": photos[split]})
         photos = hold_out_validation(held, held, seed)[0]
@@ -162,7 +166,7 @@ def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str,
     text = TextBaseline(config.single_label).fit(list(fit["caption"]), fit_targets)
     scored = {TEXT_BASELINE: [text.predict(list(rows["caption"])) for rows in (tune, pairs)]}
     if config.uses_image:
-        tables = {"train": photos["train"], "validation": photos["validation"], "evaluated": photos_of(pairs)}
+        tables = {"train": photos["train"], "validation": photos["validation"], "evaluated": evaluated}
         features = {name: _pooled_features(predictor, table) for name, table in tables.items()}
         photo = PhotoBaseline(config.single_label).fit(features["train"],
                                                        _photo_targets(fit, tables["train"], fit_targets))
@@ -175,14 +179,6 @@ def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str,
         thresholds[name] = None if config.single_label else tune_thresholds(
             tune_probs, tune_targets, groups=list(tune["image_id"]))
     return {name: probs for name, (_, probs) in scored.items()} | {"thresholds": thresholds}
-
-
-def photos_of(pairs):
-    """The photo rows (``image_id``, ``image``) of pair rows, each photo once, in order of first appearance."""
-    first = {}
-    for row, image_id in enumerate(pairs["image_id"]):
-        first.setdefault(image_id, row)
-    return pairs.select(list(first.values())).select_columns(["image_id", "image"])
 
 
 def _pooled_features(predictor: Predictor, photos) -> np.ndarray:
