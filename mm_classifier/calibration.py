@@ -1,60 +1,67 @@
-"""Probability calibration: temperatures fitted on validation logits, and how far probabilities are from the
-frequencies they claim (expected calibration error, the reliability diagram's bins).
+"""Probability calibration: temperatures (and, multi-label, biases) fitted on validation logits, and how far
+probabilities are from the frequencies they claim (expected calibration error, the reliability diagram's bins).
 
-Pure numpy and scipy: no model, no data loading. A temperature divides a logit, a monotone map, so it changes no
-ranking (average precision and ROC-AUC per concept stay the same) and, for a softmax, no prediction.
+Pure numpy and scipy: no model, no data loading. Each concept's map ``z / T + b`` is monotone, so it changes no
+ranking (average precision and ROC-AUC per concept stay the same); a single-label model gets one temperature and no
+bias, so its most probable class never changes either.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_expit, log_softmax
 
-__all__ = ["CALIBRATION_BINS", "calibration_bins", "expected_calibration_error", "fit_temperatures"]
+__all__ = ["CALIBRATION_BINS", "calibration_bins", "expected_calibration_error", "fit_calibration"]
 
 CALIBRATION_BINS = 15  # equal-width probability bins of the calibration error and the reliability diagram
 # Temperatures from 0.2 to 20: a validation split that the model separates perfectly would drive the temperature to 0
 # (ever sharper probabilities); 0.2 makes a logit five times larger, sharp enough for any split that is not.
 LOG_TEMPERATURE_BOUNDS = (float(np.log(0.2)), float(np.log(20.0)))
+BIAS_BOUNDS = (-10.0, 10.0)
 
 
-def _best_temperature(negative_log_likelihood) -> float:
-    found = minimize_scalar(lambda log_t: negative_log_likelihood(np.exp(log_t)), bounds=LOG_TEMPERATURE_BOUNDS,
-                            method="bounded")
-    return float(np.exp(found.x))
+def fit_calibration(logits: np.ndarray, references: np.ndarray, single_label: bool = False
+                    ) -> tuple[list[float], list[float] | None]:
+    """The calibration that minimises the validation log loss.
 
-
-def fit_temperatures(logits: np.ndarray, references: np.ndarray, single_label: bool = False) -> list[float]:
-    """The temperatures that minimise the validation log loss of ``logits / T``.
+    Multi-label: Platt scaling per concept, ``sigmoid(z / T + b)``, fitted against Platt's smoothed targets
+    (``(n+ + 1) / (n+ + 2)`` for a positive, ``1 / (n- + 2)`` for a negative), so a concept with a handful of
+    positives is not pushed to certainty; a concept without positive or without negative rows keeps T = 1, b = 0.
+    The bias also undoes the shift that ``pos_weight`` gives a model's logits. Single-label: one temperature for the
+    softmax over all classes, no bias, so the most probable class never changes.
 
     Args:
         logits: (N, C) uncalibrated logits.
         references: (N, C) 0/1 targets (single-label: one-hot).
-        single_label: one temperature for the softmax over all classes (so the most probable class never changes),
-            repeated for each class; else one per concept for its sigmoid. A concept without positive or without
-            negative rows keeps 1.0.
 
     Returns:
-        C temperatures.
+        C temperatures, and C biases (None for single-label).
     """
     logits, references = np.asarray(logits, dtype=np.float64), np.asarray(references, dtype=np.float64)
     if single_label:
-        def nll(t):
-            return -float((references * log_softmax(logits / t, axis=1)).sum(axis=1).mean())
+        def nll(log_t):
+            return -float((references * log_softmax(logits / np.exp(log_t), axis=1)).sum(axis=1).mean())
 
-        return [_best_temperature(nll)] * logits.shape[1]
-    temperatures = []
+        found = minimize_scalar(nll, bounds=LOG_TEMPERATURE_BOUNDS, method="bounded")
+        return [float(np.exp(found.x))] * logits.shape[1], None
+    temperatures, biases = [], []
     for z, y in zip(logits.T, references.T, strict=True):
-        if not 0 < y.sum() < len(y):
+        positives = y.sum()
+        if not 0 < positives < len(y):
             temperatures.append(1.0)
+            biases.append(0.0)
             continue
+        target = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
 
-        def nll(t, z=z, y=y):
-            return -float((y * log_expit(z / t) + (1 - y) * log_expit(-z / t)).mean())
+        def nll(params, z=z, target=target):
+            scaled = z / np.exp(params[0]) + params[1]
+            return -float((target * log_expit(scaled) + (1 - target) * log_expit(-scaled)).mean())
 
-        temperatures.append(_best_temperature(nll))
-    return temperatures
+        found = minimize(nll, np.zeros(2), method="L-BFGS-B", bounds=[LOG_TEMPERATURE_BOUNDS, BIAS_BOUNDS])
+        temperatures.append(float(np.exp(found.x[0])))
+        biases.append(float(found.x[1]))
+    return temperatures, biases
 
 
 def _confidence_and_outcome(probabilities, references, single_label: bool) -> tuple[np.ndarray, np.ndarray]:

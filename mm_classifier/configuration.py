@@ -79,6 +79,7 @@ class MultiModalConfig(PreTrainedConfig):
         calibration_temperatures: one per concept: each logit is divided by its temperature before the sigmoid
             (single-label: one temperature for every class, before the softmax). Fitted on the validation split
             after training; None: no calibration.
+        calibration_biases: one per concept, added after the temperature (Platt scaling; multi-label only).
         id2label: concept names by index (sets the number of outputs).
         concept_words: the words that name each concept (concept -> words) in the captions labels were mined
             from, so evaluation on new data labels pairs the same way.
@@ -120,6 +121,7 @@ class MultiModalConfig(PreTrainedConfig):
     pos_weight: list[float] | None = None
     class_weights: list[float] | None = None
     calibration_temperatures: list[float] | None = None
+    calibration_biases: list[float] | None = None
     concept_words: dict | None = None
     min_votes: int = 2
     # Registration: transformers' pipeline() reads this from a saved folder's config.json (its pipeline.py).
@@ -204,6 +206,11 @@ class MultiModalConfig(PreTrainedConfig):
             value = getattr(self, field)
             if value is not None and (len(value) != self.num_labels or not all(w > 0 for w in value)):
                 fail(field, value, f"{self.num_labels} positive numbers, one per concept")
+        if self.calibration_biases is not None and (
+            len(self.calibration_biases) != self.num_labels or self.single_label
+        ):
+            fail("calibration_biases", self.calibration_biases, f"{self.num_labels} numbers, one per concept, and "
+                 "None for a single-label model (a bias per class would change its most probable class)")
         if self.single_label and self.pos_weight is not None:
             fail("pos_weight", self.pos_weight, "None for a single-label model (class_weights weigh its classes)")
         if not self.single_label and self.class_weights is not None:

@@ -276,7 +276,7 @@ def evaluate_model(
         baseline_rows = {f"{name} (baseline)": metrics(probs, found["thresholds"][name])
                          for name, probs in found.items() if name != "thresholds"}
     calibration = {
-        "temperatures": config.calibration_temperatures,
+        "temperatures": config.calibration_temperatures, "biases": config.calibration_biases,
         "ece": expected_calibration_error(scores["both"], targets, single_label),
         "ece_uncalibrated": expected_calibration_error(uncalibrated, targets, single_label),
     }

@@ -119,10 +119,10 @@ def calibration_section(config, results: dict) -> str:
     if before is None or after is None:
         return ""
     how = ("one temperature for every class, before the softmax" if config.single_label else
-           "a temperature per concept, before its sigmoid")
+           "a temperature and a bias per concept, before its sigmoid (Platt scaling)")
     return (
         f"## Calibration\n\nThe probabilities are calibrated: {how}, fitted on the validation split\n"
-        "(`calibration_temperatures` in `config.json`). Expected calibration error on the test split: "
+        "(`calibration_temperatures` and `calibration_biases` in `config.json`). Expected calibration error on the test split: "
         f"{format_metric(before)} before\ncalibration, {format_metric(after)} after.\n\n"
     )
 

@@ -394,11 +394,14 @@ class MultiModalClassifier(PreTrainedModel):
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
 
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """(B, C) logits -> (B, C) probabilities: calibrated (``config.calibration_temperatures``, unless
-        ``calibrated=False``), then a sigmoid per concept (multi-label) or a softmax over the classes (single-label)."""
+        """(B, C) logits -> (B, C) probabilities: calibrated (divided by ``config.calibration_temperatures``, plus
+        ``config.calibration_biases``; unless ``calibrated=False``), then a sigmoid per concept (multi-label) or a
+        softmax over the classes (single-label)."""
         logits = logits.float()
         if calibrated and self.config.calibration_temperatures is not None:
             logits = logits / torch.tensor(self.config.calibration_temperatures, device=logits.device)
+        if calibrated and self.config.calibration_biases is not None:
+            logits = logits + torch.tensor(self.config.calibration_biases, device=logits.device)
         return logits.softmax(dim=-1) if self.config.single_label else torch.sigmoid(logits)
 
     def _drop_modalities(self, image_embeds, text_embeds):

@@ -205,7 +205,7 @@ def render_report(result: dict, rows: dict[str, dict], title: str | None = None)
     calibration = result.get("calibration")
     if calibration:
         lines += ["", f"Calibration: expected calibration error {format_metric(calibration['ece_uncalibrated'])} "
-                  f"before and {format_metric(calibration['ece'])} after the temperatures fitted on the validation "
+                  f"before and {format_metric(calibration['ece'])} after the calibration fitted on the validation "
                   "split (see reliability.png)."]
     lines += [
         "",

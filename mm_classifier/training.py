@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .calibration import expected_calibration_error, fit_temperatures
+from .calibration import expected_calibration_error, fit_calibration
 from .errors import MMClassifierError
 from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
@@ -291,7 +291,7 @@ def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, conce
     """Calibrate the model's probabilities and tune its thresholds on validation predictions, then score validation
     and test with them.
 
-    Temperatures (:func:`~mm_classifier.calibration.fit_temperatures`) minimise the validation log loss; the
+    The calibration (:func:`~mm_classifier.calibration.fit_calibration`) minimises the validation log loss; the
     thresholds of a multi-label model are then tuned on the calibrated scores, each concept's own pulled toward a
     shared one as far as cross-validation over the validation photos (``val_photos``: each pair's photo, so folds
     never split a photo) says it generalises.
@@ -301,7 +301,8 @@ def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, conce
 
     Returns:
         ``validation_*`` and ``test_*`` scalar metrics (with the calibration error before and after), and the
-        threshold choice; ``model.config``'s ``calibration_temperatures`` and ``thresholds`` are set.
+        threshold choice; ``model.config``'s ``calibration_temperatures``, ``calibration_biases`` and ``thresholds``
+        are set.
     """
     config = model.config
     (val_logits, val_labels), (test_logits, test_labels) = val, test
@@ -309,7 +310,8 @@ def tune_and_score(model, val: tuple, test: tuple, val_photos: np.ndarray, conce
         raise RuntimeError(f"{len(val_labels)} validation predictions for {len(val_photos)} pairs")
     uncalibrated = {split: model.probabilities(torch.from_numpy(logits), calibrated=False).numpy()
                     for split, logits in (("validation", val_logits), ("test", test_logits))}
-    config.calibration_temperatures = fit_temperatures(val_logits, val_labels, config.single_label)
+    config.calibration_temperatures, config.calibration_biases = fit_calibration(val_logits, val_labels,
+                                                                                 config.single_label)
     val_probs, test_probs = (model.probabilities(torch.from_numpy(z)).numpy() for z in (val_logits, test_logits))
     results = {}
     if config.single_label:

@@ -457,7 +457,7 @@ def single_label_model(tiny_model, tmp_path_factory):
     temperature, its run recorded as on a local folder with a test accuracy."""
     folder = Path(shutil.copytree(tiny_model, tmp_path_factory.mktemp("single") / "model"))
     config = json.loads((folder / "config.json").read_text())
-    config.update(problem_type="single_label_classification", pos_weight=None,
+    config.update(problem_type="single_label_classification", pos_weight=None, calibration_biases=None,
                   calibration_temperatures=[2.0] * len(config["id2label"]))
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "all_results.json").write_text(json.dumps({"test_accuracy": 0.8312, "test_micro_f1": 0.8312}))

@@ -85,7 +85,7 @@ def test_a_single_label_model_explains_its_most_probable_class(predictor, photo,
     from mm_classifier.plots import plot_explanation, plot_prediction
 
     single = variant(predictor, problem_type="single_label_classification", pos_weight=None,
-                     calibration_temperatures=[2.0] * len(predictor.concepts))
+                     calibration_temperatures=[2.0] * len(predictor.concepts), calibration_biases=None)
     prediction = single.predict(photo, caption)[0]
     top = max(prediction.probabilities, key=prediction.probabilities.get)
     explanation = explain(single, photo, caption)  # by default: the chosen class only

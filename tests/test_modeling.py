@@ -57,8 +57,12 @@ def test_single_label_loss_is_weighted_cross_entropy_and_probabilities_a_calibra
     model.config.calibration_temperatures = [2.0] * 3
     assert model.probabilities(logits) == pytest.approx((logits / 2).softmax(-1))
     assert model.probabilities(logits, calibrated=False) == pytest.approx(logits.softmax(-1))
-    multi = MultiModalClassifier(tiny_config(modality="text", calibration_temperatures=[1.0, 2.0, 4.0]))
-    assert multi.probabilities(logits) == pytest.approx(torch.sigmoid(logits / torch.tensor([1.0, 2.0, 4.0])))
+    with pytest.raises(ValueError, match="MultiModalConfig.calibration_biases"):  # would change the chosen class
+        tiny_config(modality="text", problem_type=single, calibration_biases=[0.0, 1.0, 0.0])
+    multi = MultiModalClassifier(tiny_config(modality="text", calibration_temperatures=[1.0, 2.0, 4.0],
+                                             calibration_biases=[0.0, -1.0, 0.5]))
+    assert multi.probabilities(logits) == pytest.approx(
+        torch.sigmoid(logits / torch.tensor([1.0, 2.0, 4.0]) + torch.tensor([0.0, -1.0, 0.5])))
 
 
 @pytest.mark.parametrize("modality", ["fusion", "image", "text"])

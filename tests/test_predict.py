@@ -51,7 +51,7 @@ def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
     photo_only, = predictor.predict(photo)
     caption_only, = predictor.predict(None, caption)
     # The probabilities are the calibrated sigmoids of the logits of the model and processor loaded the transformers
-    # way (train.py fitted the temperatures on the validation split).
+    # way (train.py fitted a temperature and a bias per concept on the validation split).
     assert predictor.model.config.calibration_temperatures is not None
     model = AutoModel.from_pretrained(tiny_model).eval()
     processor = MultiModalProcessor.from_pretrained(tiny_model)
@@ -61,7 +61,8 @@ def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
         assert list(prediction.probabilities) == predictor.concepts
         with torch.no_grad():
             logits = model(**processor(**inputs)).logits
-            expected = torch.sigmoid(logits / torch.tensor(model.config.calibration_temperatures))[0]
+            calibrated = logits / torch.tensor(model.config.calibration_temperatures)
+            expected = torch.sigmoid(calibrated + torch.tensor(model.config.calibration_biases))[0]
         assert list(prediction.probabilities.values()) == pytest.approx(expected.tolist(), abs=1e-5)
         assert set(prediction.predicted) == {c for c, p in prediction.probabilities.items() if p >= thresholds[c]}
     # Each input counts: the photo alone, the caption alone and both give three different answers.
