@@ -122,7 +122,8 @@ def calibration_section(config, results: dict) -> str:
            "a temperature and a bias per concept, before its sigmoid (Platt scaling)")
     return (
         f"## Calibration\n\nThe probabilities are calibrated: {how}, fitted on the validation split\n"
-        "(`calibration_temperatures` and `calibration_biases` in `config.json`). Expected calibration error on the test split: "
+        "(`calibration_temperatures` and `calibration_biases` in `config.json`). Expected calibration error on the "
+        "test split: "
         f"{format_metric(before)} before\ncalibration, {format_metric(after)} after.\n\n"
     )
 
