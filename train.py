@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from mm_classifier import CONCEPT_LEXICON, MMClassifierError, MultiModalClassifier, MultiModalProcessor
-from mm_classifier.data import source_from_args
+from mm_classifier.data import SINGLE_LABEL, source_from_args
 from mm_classifier.evaluation import write_pipeline_report
 from mm_classifier.hub import push_folder
 from mm_classifier.labels import load_concept_file
@@ -45,10 +45,9 @@ from mm_classifier.training import (
 def build_model(stage: str, args, data, previous: dict) -> tuple[MultiModalClassifier, PhotoInput | None]:
     """The stage's model, its encoders started from the earlier stages' or pretrained weights and frozen
     as far as they come trained; and what its batches read of the photos."""
-    tokenizer, single_label = data.tokenizer, data.problem_type == "single_label_classification"
-    weights = None
+    tokenizer, weights = data.tokenizer, None
     if args.class_weights == "auto":
-        weights = loss_weights(data.splits["train"].pairs.labels, data.concepts, single_label)
+        weights = loss_weights(data.splits["train"].pairs.labels, data.concepts, data.problem_type == SINGLE_LABEL)
     model = MultiModalClassifier(model_config(stage, args, data.concepts, len(tokenizer), tokenizer.pad_token_id,
                                               data.max_length, data.lexicon, data.problem_type, weights))
     reuse_image = stage == "fusion" and "image" in previous

@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
+from .configuration import PROBLEM_TYPES
 from .errors import MMClassifierError
 from .labels import (
     CONCEPT_LEXICON,
@@ -197,7 +198,7 @@ def label_counts(photos: datasets.Dataset) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-MULTI_LABEL, SINGLE_LABEL = "multi_label_classification", "single_label_classification"
+MULTI_LABEL, SINGLE_LABEL = PROBLEM_TYPES
 
 
 def problem_type_of(photos: datasets.DatasetDict, asked: str | None = None) -> str:
