@@ -117,15 +117,7 @@ def explain(
     model, processor = predictor.model, predictor.processor
     config = model.config
     known = config.concepts  # a computed property: read once
-    if photo is None and caption is None:
-        raise MMClassifierError("Give a photo, a caption, or both to explain: none was given.")
-    reads_photo = photo is not None and config.uses_image
-    reads_caption = caption is not None and config.uses_text
-    if not reads_photo and not reads_caption:
-        needed = {"image": "photo", "text": "caption"}[config.modality]
-        raise MMClassifierError(f"This {config.modality}-only model explains a {needed}; none was given.")
-    if caption is not None and not isinstance(caption, str):
-        raise MMClassifierError(f"The caption must be a string; got {type(caption).__name__}.")
+    reads_photo, reads_caption = _inputs_read(config, photo, caption)
     chosen = _concept_indices(known, concepts)
     device = next(model.parameters()).device
     image = load_image(photo) if reads_photo else None
@@ -143,10 +135,8 @@ def explain(
     # As Predictor.predict: calibrated, then a sigmoid per concept or a softmax over a single-label model's classes.
     probabilities = model.probabilities(explained_logits.detach()).cpu()  # (1 + n or 1, C)
     ranked = torch.argsort(probabilities[0], descending=True).tolist()
-    if config.single_label:
-        predicted = ranked[:1]
-    else:
-        predicted = [i for i in ranked if probabilities[0, i].item() >= config.thresholds[i]]
+    predicted = ranked[:1] if config.single_label else [
+        i for i in ranked if probabilities[0, i].item() >= config.thresholds[i]]
     if chosen is None:
         chosen = predicted or ranked[:DEFAULT_TOP_K]
 
@@ -173,6 +163,20 @@ def explain(
         for k, index in enumerate(chosen)
     ]
     return Explanation(entries, [known[i] for i in predicted], caption if reads_caption else None)
+
+
+def _inputs_read(config, photo, caption) -> tuple[bool, bool]:
+    """Whether the model reads the photo and the caption it was given; a clear error when it reads neither."""
+    if photo is None and caption is None:
+        raise MMClassifierError("Give a photo, a caption, or both to explain: none was given.")
+    reads_photo = photo is not None and config.uses_image
+    reads_caption = caption is not None and config.uses_text
+    if not reads_photo and not reads_caption:
+        needed = {"image": "photo", "text": "caption"}[config.modality]
+        raise MMClassifierError(f"This {config.modality}-only model explains a {needed}; none was given.")
+    if caption is not None and not isinstance(caption, str):
+        raise MMClassifierError(f"The caption must be a string; got {type(caption).__name__}.")
+    return reads_photo, reads_caption
 
 
 def _caption_embeddings(model, processor, caption: str, device) -> tuple[torch.Tensor, list[str]]:

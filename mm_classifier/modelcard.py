@@ -128,6 +128,48 @@ def calibration_section(config, results: dict) -> str:
     )
 
 
+def use_section(config) -> str:
+    """How to load the folder: transformers' pipeline and Auto classes, or mm_classifier's Predictor."""
+    pipeline_predicted = "the most probable class" if config.single_label else "at threshold"
+    return f"""## Use
+
+With transformers, timm, torch, tokenizers and pillow installed (not mm_classifier; this folder was saved with
+transformers {transformers.__version__}, timm {timm.__version__} and torch {torch.__version__}), its own code files
+(`modeling.py`, `processing.py`, `pipeline.py` and what they import) run the model; `trust_remote_code=True`
+says you have read them:
+
+```python
+from transformers import pipeline
+pipe = pipeline(model="path/to/this/folder", trust_remote_code=True)  # or its hub id
+pipe(image="photo.jpg", text="a dog runs on the beach")  # every concept: label, score, predicted ({pipeline_predicted})
+```
+
+`AutoModel`, `AutoProcessor` and `AutoConfig` load the parts the same way. With mm_classifier installed, its
+`Predictor` reads only the JSON and safetensors files:
+
+```python
+import mm_classifier
+predictor = mm_classifier.Predictor.from_pretrained("path/to/this/folder")
+print(predictor.predict(["photo.jpg"], ["a dog runs on the beach"])[0].predicted)
+```"""
+
+
+def limits_section(config, dataset: str) -> str:
+    """Intended use, and what the labels do and do not say."""
+    problem = "single-label" if config.single_label else "multi-label"
+    not_predicted = (
+        "Every input gets one of these classes, even one that shows none of them." if config.single_label else
+        "Labels are what the data's captioners or\nlabellers chose to mention, not exhaustive annotations, so "
+        '"not predicted" does not mean "absent".'
+    )
+    return f"""## Intended use and limits
+
+For teaching and demos of multimodal, {problem} classification. Concepts and their frequencies come from
+the training data (`{dataset}`); photos unlike it are out of domain. {not_predicted}
+Concepts about people (man, woman, boy, girl) reflect their judgements and are hard to tell from pixels; do not use
+this model to make decisions about people."""
+
+
 def write_model_card(directory: Path, config, results: dict, dataset: str) -> None:
     """Write the model card ``README.md`` into a saved model's folder.
 
@@ -147,13 +189,6 @@ def write_model_card(directory: Path, config, results: dict, dataset: str) -> No
     metric_rows = "\n".join(
         f"| {label} | {format_metric(results.get('test_' + key))} |"
         for key, label in _summary_keys(config) if "test_" + key in results
-    )
-    problem = "single-label" if config.single_label else "multi-label"
-    pipeline_predicted = "the most probable class" if config.single_label else "at threshold"
-    not_predicted = (
-        "Every input gets one of these classes, even one that shows none of them." if config.single_label else
-        "Labels are what the data's captioners or\nlabellers chose to mention, not exhaustive annotations, so "
-        '"not predicted" does not mean "absent".'
     )
     card = f"""---
 {card_metadata(config, results, dataset).to_yaml()}
@@ -182,33 +217,8 @@ Trained on {data_description(dataset)}; {results.get('train_rows', '?')} trainin
 
 Best epoch {results.get('best_epoch')} of {results.get('epochs_run')}; {results.get('train_seconds')} s of training.
 
-{calibration_section(config, results)}## Use
+{calibration_section(config, results)}{use_section(config)}
 
-With transformers, timm, torch, tokenizers and pillow installed (not mm_classifier; this folder was saved with
-transformers {transformers.__version__}, timm {timm.__version__} and torch {torch.__version__}), its own code files
-(`modeling.py`, `processing.py`, `pipeline.py` and what they import) run the model; `trust_remote_code=True`
-says you have read them:
-
-```python
-from transformers import pipeline
-pipe = pipeline(model="path/to/this/folder", trust_remote_code=True)  # or its hub id
-pipe(image="photo.jpg", text="a dog runs on the beach")  # every concept: label, score, predicted ({pipeline_predicted})
-```
-
-`AutoModel`, `AutoProcessor` and `AutoConfig` load the parts the same way. With mm_classifier installed, its
-`Predictor` reads only the JSON and safetensors files:
-
-```python
-import mm_classifier
-predictor = mm_classifier.Predictor.from_pretrained("path/to/this/folder")
-print(predictor.predict(["photo.jpg"], ["a dog runs on the beach"])[0].predicted)
-```
-
-## Intended use and limits
-
-For teaching and demos of multimodal, {problem} classification. Concepts and their frequencies come from
-the training data (`{dataset}`); photos unlike it are out of domain. {not_predicted}
-Concepts about people (man, woman, boy, girl) reflect their judgements and are hard to tell from pixels; do not use
-this model to make decisions about people.
+{limits_section(config, dataset)}
 """
     (Path(directory) / "README.md").write_text(card)

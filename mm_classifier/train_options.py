@@ -43,7 +43,15 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """train.py's options, with their defaults in the help; docs/training.md's table lists each. A model option is
     a MultiModalConfig field: its flag, default and help come from the config (``config_argument``)."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    data = p.add_argument_group("data")
+    _data_options(p.add_argument_group("data"))
+    _model_options(p.add_argument_group("model"))
+    _training_options(p.add_argument_group("training"))
+    _runtime_options(p.add_argument_group("runtime"))
+    return p
+
+
+def _data_options(data) -> None:
+    """train.py's data options: where the data comes from, how it is labelled and split."""
     data.add_argument("--dataset", default="sample", help="a data folder or file, a hub id, 'sample', or "
                       "'sample-grounds' (the sample, each photo labelled with its one ground: single-label)")
     add_source_arguments(data)  # --image-column, --caption-column, --label-column, --image-dir
@@ -58,7 +66,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0, help="seeds training, and the split unless --split-seed")
     data.add_argument("--split-seed", type=int, help="seeds the split only (default: --seed)")
 
-    model = p.add_argument_group("model")
+
+def _model_options(model) -> None:
+    """train.py's model options: encoders and fusion (MultiModalConfig fields, through ``config_argument``)."""
     model.add_argument("--modality", choices=STAGES, help="train only this model (default: all three)")
     config_argument(model, "backbone", sample=SAMPLE_DEFAULTS["backbone"])
     model.add_argument("--backbone-pad-type", help="timm pad_type, e.g. 'same' for TensorFlow weights")
@@ -88,7 +98,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     config_argument(model, "modality_dropout")
     config_argument(model, "dropout")
 
-    train = p.add_argument_group("training")
+
+def _training_options(train) -> None:
+    """train.py's training options: optimisation, epochs and loss."""
     sample_epochs = ", ".join(f"{stage} {n}" for stage, n in SAMPLE_DEFAULTS["epochs"].items())
     train.add_argument("--epochs", type=at_least(1), help=f"per model (default: {DEFAULT_EPOCHS}; the sample: "
                        f"{sample_epochs})")
@@ -105,7 +117,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                        help="batches per optimizer step")
     train.add_argument("--max-train-samples", type=int, help="use only this many training photos (default: all)")
 
-    run = p.add_argument_group("runtime")
+
+def _runtime_options(run) -> None:
+    """train.py's runtime options: outputs, checkpoints, processes and reports."""
     run.add_argument("--output-dir", type=Path, default=Path("outputs"),
                      help="the models (image/, text/, fusion/) and report.md; with --modality, the model itself")
     run.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="on a GPU")
@@ -121,7 +135,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--skip-report", action="store_true", help="do not write the comparison report.md")
     run.add_argument("--skip-baselines", action="store_true",
                      help="report.md without the logistic-regression baselines (for data too large to want them)")
-    return p
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
