@@ -140,10 +140,11 @@ def pairs_for_model(config, dataset: str | DataSource, split: str, seed: int = 0
 # --------------------------------------------------------------------------------------------- baselines
 
 
-def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str, pairs, seed: int = 0
+def baseline_scores(predictor: Predictor, photos: datasets.DatasetDict, split: str, pairs, seed: int = 0
                     ) -> dict[str, np.ndarray]:
-    """The baselines' probabilities for the evaluated ``pairs`` (the ``split`` of ``dataset``), each decided as the
-    model decides: fitted on the training pairs, thresholds (multi-label) tuned on the validation pairs.
+    """The baselines' probabilities for the evaluated ``pairs`` (of the ``split`` of ``photos``, the data set's
+    photo rows as ``load_photos`` gives them), each decided as the model decides: fitted on the training pairs,
+    thresholds (multi-label) tuned on the validation pairs.
 
     The training and validation photos are those train.py used: when the evaluated split is the validation split
     (a copy whose test photos are withheld), a seeded seventh of the training photos serve as the validation split,
@@ -155,7 +156,6 @@ def baseline_scores(predictor: Predictor, dataset: str | DataSource, split: str,
         Baseline name -> (N, C) probabilities, and ``"thresholds"`` -> name -> thresholds (None: single-label).
     """
     config = predictor.model.config
-    photos = load_photos(dataset, seed=seed)
     evaluated = photos[split]  # the split's photo table, as training had it (so its cached features are found)
     if split == "validation" or len(photos["validation"]) == 0:
         held = datasets.DatasetDict({"train": photos["train"], "validation": photos[split]})
@@ -272,7 +272,7 @@ def evaluate_model(
         compared[name] = metrics(other_scores, None if single_label else other.model.config.thresholds)
     baseline_rows = {}
     if baselines and split != "train":
-        found = baseline_scores(predictor, dataset, split, pairs, seed)
+        found = baseline_scores(predictor, photos, split, pairs, seed)
         baseline_rows = {f"{name} (baseline)": metrics(probs, found["thresholds"][name])
                          for name, probs in found.items() if name != "thresholds"}
     calibration = {

@@ -188,10 +188,6 @@ def _usable_photos(found: FoundPhotos, skipped: Counter) -> dict[str, Path]:
     return usable
 
 
-def _readable(path) -> bool:
-    return photo_problem(path) is None
-
-
 def photo_problem(path) -> str | None:
     """What is wrong with a photo file (the kind the loading summary counts), or None when it is usable.
 

@@ -12,6 +12,7 @@ from mm_classifier import (
     MultiModalProcessor,
     Predictor,
     build_tokenizer,
+    load_flickr8k,
 )
 from mm_classifier.baselines import TextBaseline
 from mm_classifier.evaluation import (
@@ -102,7 +103,7 @@ def test_baselines_are_fitted_on_the_training_pairs_and_decide_as_the_model_does
     config = predictor.model.config
     pairs = pairs_for_model(config, str(tiny_folder), "test")
     targets = multi_hot(list(pairs["labels"]), len(CONCEPTS))
-    found = baseline_scores(predictor, str(tiny_folder), "test", pairs)
+    found = baseline_scores(predictor, load_flickr8k(str(tiny_folder)), "test", pairs)
     assert set(found) == {TEXT_BASELINE, PHOTO_BASELINE, FUSION_BASELINE, "thresholds"}
     assert all(found[name].shape == (len(pairs), len(CONCEPTS)) for name in found["thresholds"])
     np.testing.assert_allclose(found[FUSION_BASELINE], (found[TEXT_BASELINE] + found[PHOTO_BASELINE]) / 2)

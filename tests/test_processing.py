@@ -70,7 +70,7 @@ def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, monkeypatch):
-    from mm_classifier.photo_rows import _readable
+    from mm_classifier.photo_rows import photo_problem
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     processor = MultiModalProcessor(None, image_size=16)
@@ -93,7 +93,7 @@ def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, m
     assert processor.resize_image(tmp_path / "big40.jpg").shape == (3, 16, 16)
     assert load_image(tmp_path / "big30.jpg").size == (30, 30)
     # Loading a data set makes the same decision, so a photo it accepts never stops feature caching later.
-    assert [_readable(tmp_path / f"big{n}") for n in ("50.png", "50.jpg", "40.png", "40.jpg")] == [
+    assert [photo_problem(tmp_path / f"big{n}") is None for n in ("50.png", "50.jpg", "40.png", "40.jpg")] == [
         False, False, False, True]
 
 
