@@ -352,82 +352,14 @@ def write_batch_files(result: BatchResult, concepts: list[str], folder: Path) ->
 
 # ------------------------------------------------------------------------------------------------ the page
 
-# gr.HTML templates: the server sends numbers (the API returns the same dict), the browser draws the bars. A
-# single-label model's classes have no threshold (null): no tick, and the chosen class is the one marked.
-CONCEPT_BARS = r"""${(() => {
-  if (!value || !value.concepts) return `<p class="empty">Give a photo and/or a caption and press Predict.</p>`;
-  const esc = s => String(s).replace(/[&<>"']/g, ch => `&#${ch.charCodeAt(0)};`);
-  const pct = p => `${Math.round(100 * p)}%`;
-  const legend = value.single_label
-    ? `<span><i class="swatch found"></i>chosen (the most probable class)</span>` +
-      `<span><i class="swatch below"></i>the other classes</span>`
-    : `<span><i class="swatch found"></i>found (at or above its threshold)</span>` +
-      `<span><i class="swatch below"></i>below its threshold</span><span><i class="tick-key"></i>threshold</span>`;
-  return `<div class="legend">${legend}</div>` +
-    `<ol class="bars">` + value.concepts.map(c => `<li class="${c.predicted ? 'found' : 'below'}"
-      title="${esc(c.concept)}: ${pct(c.probability)}${c.threshold == null ? '' : `, threshold ${pct(c.threshold)}`}">
-      <span class="name">${esc(c.concept)}</span>
-      <span class="track"><span class="fill" style="width:${(100 * c.probability).toFixed(1)}%"></span>` +
-      (c.threshold == null ? '' : `<span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span>`) +
-      `</span><span class="value">${pct(c.probability)}</span></li>`).join('') + `</ol>`;
-})()}"""
-
-THREE_WAY_BARS = r"""${(() => {
-  if (!value || !value.concepts) return `<p class="empty">Press Explain to see which input says what.</p>`;
-  const esc = s => String(s).replace(/[&<>"']/g, ch => `&#${ch.charCodeAt(0)};`);
-  const pct = p => `${Math.round(100 * p)}%`;
-  const sources = [['both', 'photo + caption'], ['photo_only', 'photo alone'], ['caption_only', 'caption alone']]
-    .filter(([key]) => value.concepts.some(c => c[key] !== null));
-  const ticks = value.concepts.some(c => c.threshold != null);
-  return `<div class="legend">` + sources.map(([key, label]) => `<span><i class="swatch ${key}"></i>${label}</span>`)
-    .join('') + (ticks ? `<span><i class="tick-key"></i>threshold</span>` : '') + `</div><ol class="groups">` +
-    value.concepts.map(c => `<li class="${c.concept === value.explained ? 'explained' : ''}">
-      <span class="name">${esc(c.concept)}</span><span class="rows">` +
-      sources.filter(([key]) => c[key] !== null).map(([key, label]) =>
-        `<span class="row" title="${label}: ${pct(c[key])}">
-        <span class="track"><span class="fill ${key}" style="width:${(100 * c[key]).toFixed(1)}%"></span>` +
-        (c.threshold == null ? '' : `<span class="tick" style="left:${(100 * c.threshold).toFixed(1)}%"></span>`) +
-        `</span><span class="value">${pct(c[key])}</span></span>`).join('') + `</span></li>`).join('') + `</ol>`;
-})()}"""
-
-BARS_CSS = """
-font-size: 15px; line-height: 1.3;
-.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; margin: 0 0 10px; color: var(--body-text-color-subdued); }
-.legend span { display: inline-flex; align-items: center; gap: 6px; }
-.swatch { display: inline-block; width: 14px; height: 14px; border-radius: 3px; }
-.tick-key { display: inline-block; width: 3px; height: 16px; background: var(--body-text-color); }
-ol { list-style: none; margin: 0; padding: 0; }
-li { display: grid; grid-template-columns: 6.5em 1fr 3.2em; align-items: center; gap: 8px;
-     padding: 3px 0; }
-.name { overflow-wrap: anywhere; }
-.track { position: relative; height: 16px; background: var(--background-fill-secondary); border-radius: 3px; }
-.fill { position: absolute; left: 0; top: 0; bottom: 0; border-radius: 3px; background: #8c959f; }
-.tick { position: absolute; top: -3px; bottom: -3px; width: 3px; margin-left: -1px;
-        background: var(--body-text-color); }
-.value { text-align: right; font-variant-numeric: tabular-nums; }
-li.found .name, li.found .value { font-weight: 600; }
-li.found .fill, .swatch.found { background: #1a7f37; }
-.swatch.below { background: #8c959f; }
-.fill.both, .swatch.both { background: #0969da; }
-.fill.photo_only, .swatch.photo_only { background: #bc4c00; }
-.fill.caption_only, .swatch.caption_only { background: #1b7c83; }
-.groups li { grid-template-columns: 6.5em 1fr; padding: 5px 0; border-top: 1px solid var(--border-color-primary); }
-.groups li.explained .name { font-weight: 700; }
-.rows { display: grid; gap: 3px; }
-.row { display: grid; grid-template-columns: 1fr 3.2em; align-items: center; gap: 8px; }
-.row .track { height: 12px; }
-.empty { color: var(--body-text-color-subdued); }
-"""
-
-CSS = """
-.photo-input img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-.heatmap img { width: 100%; height: 100%; object-fit: contain; }
-.sample-note { border: 2px solid #bf8700; border-radius: 8px; padding: 4px 12px; background: #fff8c5; color: #3b2300; }
-.sample-note * { color: #3b2300 !important; }
-.upload-notice { border-left: 4px solid #cf222e; padding-left: 10px; }
-#examples table { table-layout: fixed; width: 100%; }
-#examples td, #examples th { white-space: normal !important; overflow-wrap: anywhere; }
-"""
+# gr.HTML templates (JavaScript template literals) and the page's styles, files beside app.py: the server sends
+# numbers (the API returns the same dict), the browser draws the bars. A single-label model's classes have no
+# threshold (null): no tick, and the chosen class is the one marked.
+ASSETS = Path(__file__).resolve().parent / "app_assets"
+CONCEPT_BARS = (ASSETS / "concept_bars.html").read_text()
+THREE_WAY_BARS = (ASSETS / "three_way_bars.html").read_text()
+BARS_CSS = (ASSETS / "bars.css").read_text()
+CSS = (ASSETS / "page.css").read_text()
 LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_SIZE, "show_error": True, "css": CSS}
 
 
