@@ -24,10 +24,10 @@ from types import SimpleNamespace
 import gradio as gr
 
 from mm_classifier import MMClassifierError, Prediction, Predictor
+from mm_classifier.images import load_image
 from mm_classifier.modelcard import text_encoder_description
 from mm_classifier.plots import heatmap_overlay
 from mm_classifier.predict import caption_for, read_captions_csv
-from mm_classifier.processing import load_image
 from mm_classifier.sample import BUILT_IN
 
 DEFAULT_MODEL = "outputs/fusion"

@@ -1,43 +1,39 @@
-"""mm_classifier: which concepts are in a photo and its caption, as a transformers model trained on Flickr8k."""
+"""mm_classifier: which concepts are in a photo and its caption, as a transformers model trained on Flickr8k.
+
+Importing the package is cheap: each name below loads its module on first use, so that the ONNX runtime
+(``Predictor.from_pretrained(folder, backend="onnx")``, docs/serving.md) runs without torch, transformers or timm.
+The transformers Auto classes and the pipeline task are registered once transformers is imported, whichever of
+the two comes first (:func:`_register_auto_classes`).
+"""
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
-from transformers.pipelines import PIPELINE_REGISTRY
-
-from .configuration import MultiModalConfig
-from .errors import MMClassifierError
-from .labels import CONCEPT_LEXICON, leave_one_out_labels, leave_one_out_votes, load_concept_file, mine_concepts
-from .modeling import MultiModalClassifier, MultiModalOutput
-from .pipeline import PIPELINE_TASK, MultiModalClassificationPipeline
-from .processing import MultiModalImageProcessor, MultiModalProcessor, load_image
-from .tokenization import build_tokenizer
-
-# In any process that has imported mm_classifier, the Auto classes load a saved folder with these classes, never
-# with the code files copied into it (those are for programs without this package: docs/model_folder.md).
-AutoConfig.register(MultiModalConfig.model_type, MultiModalConfig, exist_ok=True)
-AutoModel.register(MultiModalConfig, MultiModalClassifier, exist_ok=True)
-# One class whichever backend transformers asks for: it resizes with PIL and normalises with torch.
-AutoImageProcessor.register(
-    MultiModalConfig, exist_ok=True,
-    image_processor_classes={"pil": MultiModalImageProcessor, "torchvision": MultiModalImageProcessor},
-)
-AutoProcessor.register(MultiModalConfig, MultiModalProcessor, exist_ok=True)
-PIPELINE_REGISTRY.register_pipeline(
-    PIPELINE_TASK, pipeline_class=MultiModalClassificationPipeline, pt_model=AutoModel, type="multimodal"
-)
-
-
-
-# Loaded on first use, so that `python -m mm_classifier.predict` (or .data) runs its module once, as
-# __main__: imported here first, runpy would warn that the module is already in sys.modules.
+# Each public name -> the module that defines it.
 _LAZY = {
+    "MultiModalConfig": "configuration",
+    "MMClassifierError": "errors",
+    "CONCEPT_LEXICON": "labels",
+    "leave_one_out_labels": "labels",
+    "leave_one_out_votes": "labels",
+    "load_concept_file": "labels",
+    "mine_concepts": "labels",
+    "MultiModalClassifier": "modeling",
+    "MultiModalOutput": "modeling",
+    "PIPELINE_TASK": "pipeline",
+    "MultiModalClassificationPipeline": "pipeline",
+    "MultiModalImageProcessor": "processing",
+    "MultiModalProcessor": "processing",
+    "load_image": "images",
+    "build_tokenizer": "tokenization",
     "DataSource": "data",
     "DataWarning": "data",
     "load_flickr8k": "data",
     "load_photos": "data",
     "to_pairs": "data",
-    "Prediction": "predict",
+    "Prediction": "prediction",
     "Predictor": "predict",
 }
 
@@ -48,27 +44,55 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "CONCEPT_LEXICON",
-    "DataSource",
-    "DataWarning",
-    "MMClassifierError",
-    "MultiModalClassificationPipeline",
-    "MultiModalClassifier",
-    "MultiModalConfig",
-    "MultiModalImageProcessor",
-    "MultiModalOutput",
-    "MultiModalProcessor",
-    "PIPELINE_TASK",
-    "Prediction",
-    "Predictor",
-    "build_tokenizer",
-    "leave_one_out_labels",
-    "leave_one_out_votes",
-    "load_concept_file",
-    "load_flickr8k",
-    "load_image",
-    "load_photos",
-    "mine_concepts",
-    "to_pairs",
-]
+def _register_auto_classes() -> None:
+    """In any process that has imported mm_classifier, the Auto classes load a saved folder with these classes, never
+    with the code files copied into it (those are for programs without this package: docs/model_folder.md)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .configuration import MultiModalConfig
+    from .modeling import MultiModalClassifier
+    from .pipeline import PIPELINE_TASK, MultiModalClassificationPipeline
+    from .processing import MultiModalImageProcessor, MultiModalProcessor
+
+    AutoConfig.register(MultiModalConfig.model_type, MultiModalConfig, exist_ok=True)
+    AutoModel.register(MultiModalConfig, MultiModalClassifier, exist_ok=True)
+    # One class whichever backend transformers asks for: it resizes with PIL and normalises with torch.
+    AutoImageProcessor.register(
+        MultiModalConfig, exist_ok=True,
+        image_processor_classes={"pil": MultiModalImageProcessor, "torchvision": MultiModalImageProcessor},
+    )
+    AutoProcessor.register(MultiModalConfig, MultiModalProcessor, exist_ok=True)
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=MultiModalClassificationPipeline, pt_model=AutoModel, type="multimodal"
+    )
+
+
+class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
+    """Runs :func:`_register_auto_classes` right after transformers' own ``__init__``, wherever it is imported."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)  # once; and the search below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def load_then_register(module):
+                load(module)
+                try:
+                    _register_auto_classes()
+                except ImportError:  # transformers without torch or timm: nothing of ours can load a model
+                    pass
+
+            spec.loader.exec_module = load_then_register
+        return spec
+
+
+if "transformers" in sys.modules:
+    _register_auto_classes()
+elif importlib.util.find_spec("transformers") is not None:  # none in a torch-free install (a Space's)
+    sys.meta_path.insert(0, _RegisterWithTransformers())
+
+__all__ = sorted(_LAZY)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import MMClassifierError
-from .processing import load_image
+from .images import load_image
 
 if TYPE_CHECKING:
     from .predict import Predictor

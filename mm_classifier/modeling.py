@@ -144,7 +144,7 @@ class ImageEncoder(nn.Module):
         if not self.local_projection:
             return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1)
         grid = maps[-1].shape[-2:]
-        return torch.cat([nn.functional.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
+        return torch.cat([_average_to_grid(m, grid) for m in maps], dim=1)
 
     def backbone_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the features the projection reads; a wholly frozen backbone's are what training
@@ -478,6 +478,16 @@ class MultiModalClassifier(PreTrainedModel):
                 f"(e.g. {unexpected[:3]}). Check --backbone and its creation arguments (pad_type)."
             )
         logger.info("Loaded %d backbone tensors into %s", len(state_dict), self.config.backbone)
+
+
+def _average_to_grid(feature_map: torch.Tensor, grid) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *grid), adaptive average pooling; where the grid divides the map (a backbone's
+    stages halve it), as the fixed windows that adaptive pooling then uses, which ONNX export can write."""
+    height, width = (int(side) for side in feature_map.shape[-2:])
+    rows, columns = (int(side) for side in grid)
+    if height % rows or width % columns:
+        return nn.functional.adaptive_avg_pool2d(feature_map, (rows, columns))
+    return nn.functional.avg_pool2d(feature_map, (height // rows, width // columns))
 
 
 def _download_timm_weights(config: MultiModalConfig) -> dict:

@@ -9,68 +9,38 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from transformers.utils import logging as transformers_logging
-
 from .errors import MMClassifierError
-from .modeling import MultiModalClassifier
-from .processing import MultiModalProcessor, load_image
+from .images import load_image
+from .prediction import BasePredictor, Prediction, resolve_model_dir
 
 if TYPE_CHECKING:
+    import torch
+
     from .explain import Explanation
+    from .modeling import MultiModalClassifier
+    from .processing import MultiModalProcessor
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class Prediction:
-    """One input's result: every concept's probability, and the concepts predicted, most probable first: those at or
-    above their thresholds (multi-label), or the most probable class (single-label)."""
-
-    probabilities: dict[str, float]
-    predicted: list[str]
+BACKENDS = ("pytorch", "onnx")
+__all__ = ["BACKENDS", "Prediction", "Predictor", "main", "resolve_model_dir"]
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A local model folder, or a hub id downloaded to the local cache; clear errors for both."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MMClassifierError(
-                f"{path} is not a saved mm_classifier model (no config.json). Train one with `python train.py` "
-                "and point at its output, e.g. outputs/fusion."
-            )
-        return path
-    parts = str(model).split("/")
-    if path.exists() or len(parts) != 2 or str(model).startswith((".", "/", "~")):
-        raise MMClassifierError(
-            f"No model at {model}. Train one first with `python train.py` (it writes outputs/fusion), "
-            "or pass a model folder or a hub id."
-        )
-    import huggingface_hub
-
-    try:
-        # JSON and safetensors only: the folder's code files are for other programs, never run here.
-        return Path(huggingface_hub.snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as err:
-        raise MMClassifierError(
-            f"No local folder {model} and it could not be downloaded from the hub ({type(err).__name__}: {err}). "
-            "Offline, pass a local model folder."
-        ) from err
-
-
-class Predictor:
-    """Model + processor, ready to predict concepts for photos and/or captions.
+class Predictor(BasePredictor):
+    """Model + processor, ready to predict concepts for photos and/or captions (the PyTorch backend; torch is
+    imported when one is built, so that ``backend="onnx"`` runs without it).
 
     >>> predictor = Predictor.from_pretrained("outputs/fusion")
     >>> predictor.predict(["dog.jpg"], ["a dog in the snow"])[0].predicted
     """
 
     def __init__(self, model: MultiModalClassifier, processor: MultiModalProcessor, device: str | None = None):
+        import torch
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         # channels_last doubles MobileNetV2's CPU throughput (benchmarks/inference.py).
@@ -79,13 +49,28 @@ class Predictor:
         self.processor = processor
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, device: str | None = None) -> Predictor:
+    def from_pretrained(cls, model: str | os.PathLike, device: str | None = None, backend: str = "pytorch"):
         """Load from a folder written by ``train.py`` / :meth:`save_pretrained`, or a hub id.
 
         Only ``config.json``, ``processor_config.json``, the tokenizer's JSON and ``model.safetensors`` are read,
         with this package's classes: the code files a folder carries (for other programs) are never run, and
         no pickle is ever loaded.
+
+        Args:
+            backend: ``"pytorch"``, or ``"onnx"`` for the graphs ``python -m mm_classifier.export`` wrote: an
+                :class:`~mm_classifier.onnx_runtime.OnnxPredictor` (onnxruntime; no torch, transformers or timm).
         """
+        if backend not in BACKENDS:
+            raise MMClassifierError(f"Unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
+        if backend == "onnx":
+            from .onnx_runtime import OnnxPredictor
+
+            return OnnxPredictor.from_pretrained(model)
+        from transformers.utils import logging as transformers_logging
+
+        from .modeling import MultiModalClassifier
+        from .processing import MultiModalProcessor
+
         directory = resolve_model_dir(model)
         # Loading a folder takes a moment, not a progress bar's worth (transformers shows one per load); the
         # caller's setting is restored afterwards.
@@ -109,79 +94,22 @@ class Predictor:
         self.processor.save_pretrained(directory)
 
     @property
-    def concepts(self) -> list[str]:
-        return self.model.config.concepts
+    def config(self):
+        return self.model.config
 
-    @torch.inference_mode()
     def predict_logits(self, images=None, captions=None) -> torch.Tensor:
         """(B, num_concepts) logits for a batch; the model's own inputs are used, missing ones left out."""
-        config = self.model.config
-        if not config.uses_image:
-            images = None
-        if not config.uses_text:
-            captions = None
-        if images is None and captions is None:
-            raise MMClassifierError(
-                f"This {config.modality} model needs a "
-                + ({"image": "photo", "text": "caption"}.get(config.modality, "photo or a caption"))
-                + "; none was given."
-            )
-        batch = self.processor(images=images, text=captions).to(self.device)
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
-        return self.model(**batch).logits.float()
+        import torch
 
-    def predict(
-        self,
-        images: Sequence | object | None = None,
-        captions: Sequence[str] | str | None = None,
-        thresholds: Sequence[float] | float | None = None,
-        batch_size: int = 32,
-        top_k: int | None = None,
-    ) -> list[Prediction]:
-        """Predict concepts.
+        images, captions = self._inputs_read(images, captions)
+        with torch.inference_mode():
+            batch = self.processor(images=images, text=captions).to(self.device)
+            if "pixel_values" in batch:
+                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+            return self.model(**batch).logits.float()
 
-        Args:
-            images: a photo or a list of photos (paths, PIL images, numpy arrays), or None.
-            captions: a caption or a list (one per photo), or None. A single caption with several photos is
-                used for each of them.
-            thresholds: multi-label: one number for every concept, or one per concept; default: the model's tuned
-                thresholds. A single-label model has none: it predicts its most probable class.
-            top_k: single-label: how many of the most probable classes ``predicted`` holds (default 1);
-                multi-label: at most this many of the concepts at or above their thresholds (default: all).
-
-        Returns:
-            One :class:`Prediction` per input, ``predicted`` most probable first.
-        """
-        images = _as_list(images)
-        captions = _as_list(captions)
-        if not images and not captions:
-            raise MMClassifierError("Give a photo, a caption, or both: none was given.")
-        if images is not None and captions is not None and len(captions) == 1 and len(images) > 1:
-            captions = captions * len(images)
-        if images is not None and captions is not None and len(images) != len(captions):
-            raise MMClassifierError(f"Got {len(images)} photos but {len(captions)} captions.")
-        cutoffs = self._thresholds(thresholds)
-        cutoffs = None if cutoffs is None else dict(zip(self.concepts, cutoffs, strict=True))
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise MMClassifierError(f"top_k must be a positive number of classes, not {top_k!r}.")
-        count = len(images if images is not None else captions or [])
-        results: list[Prediction] = []
-        for start in range(0, count, batch_size):
-            end = start + batch_size
-            logits = self.predict_logits(
-                images[start:end] if images is not None else None,
-                captions[start:end] if captions is not None else None,
-            )
-            for row in self.model.probabilities(logits).cpu().tolist():
-                probabilities = dict(zip(self.concepts, row, strict=True))
-                ranked = sorted(self.concepts, key=lambda c: -probabilities[c])
-                if cutoffs is None:  # single-label: the most probable class(es)
-                    predicted = ranked[: top_k or 1]
-                else:
-                    predicted = [c for c in ranked if probabilities[c] >= cutoffs[c]][:top_k]
-                results.append(Prediction(probabilities, predicted))
-        return results
+    def probability_rows(self, images=None, captions=None):
+        return self.model.probabilities(self.predict_logits(images, captions)).cpu().numpy()
 
     def explain(self, photo=None, caption: str | None = None, concepts: Sequence[str] | str | None = None
                 ) -> Explanation:
@@ -189,29 +117,6 @@ class Predictor:
         from .explain import explain  # explain.py needs Predictor only for its type hints
 
         return explain(self, photo, caption, concepts)
-
-    def _thresholds(self, thresholds) -> list[float] | None:
-        """The cut-offs a prediction uses (None for a single-label model, which takes its most probable class)."""
-        if self.model.config.single_label:
-            if thresholds is not None:
-                raise MMClassifierError("This single-label model predicts its most probable class: thresholds do not "
-                                        "apply to it (top_k asks for more classes).")
-            return None
-        if thresholds is None:
-            return list(self.model.config.thresholds)
-        if isinstance(thresholds, (int, float)):
-            return [float(thresholds)] * len(self.concepts)
-        if len(thresholds) != len(self.concepts):
-            raise MMClassifierError(f"Need {len(self.concepts)} thresholds (one per concept), got {len(thresholds)}.")
-        return [float(t) for t in thresholds]
-
-
-def _as_list(value):
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
 
 
 # ------------------------------------------------------------------------------------------------- CLI

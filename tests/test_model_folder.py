@@ -26,7 +26,7 @@ from mm_classifier.hub import push_folder
 from mm_classifier.text_models import caption_tokenizer, pretrained_text_config
 
 CAPTIONS = ["a dog runs on the beach", "a man in a red shirt", "two dogs play in the snow"]
-CODE_FILES = ["configuration.py", "errors.py", "fusion.py", "modeling.py", "pipeline.py", "processing.py",
+CODE_FILES = ["configuration.py", "errors.py", "fusion.py", "images.py", "modeling.py", "pipeline.py", "processing.py",
               "text_encoders.py"]
 DATA_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 

@@ -1,0 +1,138 @@
+"""Photos as the model sees them, without torch: any input (a path, bytes, a PIL image, a numpy array) decoded once
+to RGB by one policy, then squashed to the model's square size. Both backends (PyTorch, ONNX) read photos here."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from .errors import MMClassifierError
+
+MIN_IMAGE_SIDE = 8  # below this a "photo" carries no usable content
+
+ImageInput = Any  # PIL image, numpy array (H, W[, C]), path, bytes, or a datasets {"path", "bytes"} dict
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Open any supported image input as an RGB PIL image, EXIF orientation applied.
+
+    Every kind of input of one photo gives the same pixels: a file or bytes is decoded at full size, as a PIL image
+    or numpy array of it already was. Only a JPEG file or bytes with more pixels than PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``) is decoded at reduced size, the least of libjpeg's 1/2, 1/4 and 1/8 scales
+    that fits the limit, so a valid photo of up to twice that limit still loads.
+
+    Raises:
+        MMClassifierError: unreadable, corrupt, non-image, too small, or with more pixels to decode than the
+            limit, counted after any reduced-size decode: a JPEG photo of up to twice the limit passes, a PNG
+            claiming as many pixels does not, nor does a decoded image or array above the limit. Above twice the
+            limit PIL refuses a file before any decode.
+    """
+    name = "image"
+    try:
+        with warnings.catch_warnings():
+            # PIL warns on the file's nominal size between 1x and 2x its limit (and refuses above 2x); the bound
+            # that matters is on the pixels decoded, checked below after any reduced-size decode.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(image, dict):  # datasets.Image(decode=False) value
+                image = image.get("bytes") or image.get("path")
+            if isinstance(image, (str, os.PathLike)):
+                name = str(image)
+                if not os.path.isfile(image):
+                    raise MMClassifierError(f"Image file {name} does not exist.")
+                pil = Image.open(image)
+            elif isinstance(image, (bytes, bytearray)):
+                pil = Image.open(io.BytesIO(image))
+            elif isinstance(image, np.ndarray):
+                pil = _from_array(image)
+            elif isinstance(image, Image.Image):
+                pil = image
+            else:
+                raise MMClassifierError(
+                    f"Unsupported image input of type {type(image).__name__}: pass a PIL image, a numpy array "
+                    "or a file path."
+                )
+            if pil.format == "JPEG" and pil is not image:  # never resize a caller's own image object
+                _draft_within_bound(pil)
+            if pil.width * pil.height > (Image.MAX_IMAGE_PIXELS or math.inf):
+                raise MMClassifierError(
+                    f"{name} is too large: {pil.width}x{pil.height} pixels to decode, above PIL's limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb, or a photo to shrink first)."
+                )
+            if pil.width < MIN_IMAGE_SIDE or pil.height < MIN_IMAGE_SIDE:
+                raise MMClassifierError(
+                    f"{name} is {pil.width}x{pil.height} pixels: too small to classify "
+                    f"(at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE})."
+                )
+            if pil.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even when upright
+                pil = ImageOps.exif_transpose(pil)
+            return _to_rgb(pil)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise MMClassifierError(
+            f"{name} is too large ({err}); PIL refuses images above {Image.MAX_IMAGE_PIXELS} pixels."
+        ) from None
+    except UnidentifiedImageError:
+        raise MMClassifierError(f"{name} is not an image PIL can read (JPEG, PNG, WebP, ...).") from None
+    except OSError as err:  # truncated or corrupt data
+        raise MMClassifierError(f"{name} is corrupt or truncated: {err}") from None
+
+
+def _draft_within_bound(pil: Image.Image) -> None:
+    """Let libjpeg decode a JPEG above the pixel bound at the least reduced scale (1/2, 1/4, 1/8) that fits it.
+
+    Within the bound, nothing: a reduced-size decode gives other pixels than the full decode that a PIL image or
+    numpy array of the same photo went through, and so other probabilities.
+    """
+    bound = Image.MAX_IMAGE_PIXELS or math.inf
+    if pil.width * pil.height <= bound:
+        return
+    for scale in (2, 4, 8):
+        if math.ceil(pil.width / scale) * math.ceil(pil.height / scale) <= bound:
+            break
+    # draft picks the largest scale that keeps both sides at least the size asked for: this one (or less, for a
+    # side shorter than the scale).
+    pil.draft("RGB", (max(1, pil.width // scale), max(1, pil.height // scale)))
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise MMClassifierError(f"A numpy image must be (H, W), (H, W, 3) or (H, W, 4); got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise MMClassifierError("The numpy image holds NaN or infinite values.")
+        scale = 255.0 if array.max(initial=0) <= 1.0 else 1.0  # floats in 0..1 or 0..255
+        array = np.clip(array * scale, 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (RGBA, LA, P with transparency, CMYK, I;16, L, 1) -> RGB; transparency over white."""
+    if image.mode == "RGB":
+        image.load()
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        array = (array - array.min()) / max(array.max() - array.min(), 1e-12) * 255
+        return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def resized_pixels(image: ImageInput, size: int) -> np.ndarray:
+    """One image -> (size, size, 3) uint8, squashed to a square (bilinear), as the common Flickr8k copies are."""
+    pil = load_image(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(pil, dtype=np.uint8).copy()
