@@ -232,7 +232,7 @@ class ImageEncoder(nn.Module):
         mirror images."""
         embeds = self.project(self.pool(maps))
         if self.averages_mirrors:
-            return embeds.view(2, len(embeds) // 2, -1).mean(0)
+            return embeds.view(2, -1, embeds.shape[-1]).mean(0)  # -1: the batch stays dynamic in an ONNX graph
         return embeds
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase, PreTrainedTokenizerFast, ProcessorMixin
 from transformers.dynamic_module_utils import custom_object_save
@@ -16,27 +17,21 @@ from transformers.image_processing_utils import BaseImageProcessor
 from .configuration import IMAGENET_MEAN, IMAGENET_STD
 from .errors import MMClassifierError
 from .images import ImageInput, resized_pixels
+from .tokens import batch_encoder, blank_captions_masked, check_captions, encode_captions
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 
 def _batch_encoder(tokenizer, max_length: int):
-    """A copy of a fast tokenizer's ``tokenizers.Tokenizer`` that pads to the longest caption and truncates to
-    ``max_length`` by itself, as ``tokenizer(text, padding="longest", truncation=True, max_length=...)`` does.
-
-    The ``transformers`` wrapper configures its backend on every call, which costs more than encoding one
-    caption (benchmarks/inference.py). None for a tokenizer without a backend, or one padding on the left.
-    """
+    """:func:`~mm_classifier.tokens.batch_encoder` for a fast tokenizer: its ``tokenizers.Tokenizer``, padding and
+    truncating by itself. The ``transformers`` wrapper configures its backend on every call, which costs more than
+    encoding one caption (benchmarks/inference.py). None for a tokenizer without a backend, or one padding on the
+    left."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or tokenizer.pad_token_id is None or tokenizer.padding_side != "right" \
             or tokenizer.truncation_side != "right":
         return None
-    from tokenizers import Tokenizer
-
-    encoder = Tokenizer.from_str(backend.to_str())
-    encoder.enable_truncation(max_length=max_length)
-    encoder.enable_padding(direction="right", pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
-    return encoder
+    return batch_encoder(backend, max_length, tokenizer.pad_token_id, tokenizer.pad_token)
 
 
 class MultiModalImageProcessor(BaseImageProcessor):
@@ -163,39 +158,16 @@ class MultiModalProcessor(ProcessorMixin):
         """Caption(s) -> ``input_ids`` and ``attention_mask`` (B, T), padded and truncated to max_length."""
         if self.tokenizer is None:
             raise MMClassifierError("This processor has no tokenizer, so it cannot read captions.")
-        if isinstance(text, str):
-            text = [text]
-        text = list(text)
-        if not text:
-            raise MMClassifierError("The list of captions is empty.")
-        bad = [type(t).__name__ for t in text if not isinstance(t, str)]
-        if bad:
-            raise MMClassifierError(f"Captions must be strings; got {bad[0]}.")
+        text = check_captions(text)
         encoder = self._fast_encoder()
         if encoder is not None:  # the same padding and truncation, without the wrapper's per-call set-up
-            rows = encoder.encode_batch(text)
-            encoded = {
-                "input_ids": torch.tensor([row.ids for row in rows], dtype=torch.long).view(len(rows), -1),
-                "attention_mask": torch.tensor([row.attention_mask for row in rows], dtype=torch.long).view(
-                    len(rows), -1
-                ),
-            }
+            ids, mask = encode_captions(encoder, text, self.tokenizer.pad_token_id)
         else:
-            encoded = self.tokenizer(
-                text, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-        # Every batch has at least one position, so an all-empty batch still has a (B, 1) shape.
-        if encoded["input_ids"].shape[1] == 0:
-            pad = self.tokenizer.pad_token_id
-            return {
-                "input_ids": torch.full((len(text), 1), pad, dtype=torch.long),
-                "attention_mask": torch.zeros((len(text), 1), dtype=torch.long),
-            }
-        # A blank caption is no caption for every encoder, although a transformers tokenizer still gives it its
-        # special tokens ([CLS] [SEP]): no position is attended, and the model embeds it as zeros.
-        blank = torch.tensor([not t.strip() for t in text])
-        attention_mask = encoded["attention_mask"].masked_fill(blank[:, None], 0)
-        return {"input_ids": encoded["input_ids"], "attention_mask": attention_mask}
+            encoded = self.tokenizer(text, padding="longest", truncation=True, max_length=self.max_length,
+                                     return_tensors="np")
+            ids, mask = blank_captions_masked(text, encoded["input_ids"].astype(np.int64),
+                                              encoded["attention_mask"].astype(np.int64), self.tokenizer.pad_token_id)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
     # ------------------------------------------------------------------------------------------ save/load
 

@@ -77,6 +77,39 @@ def make_tiny_bert(folder, words=()):
     return folder
 
 
+CAPTIONS = ["a dog runs on the beach", "a man in a red shirt", "two dogs play in the snow"]
+
+
+def save_tiny_model(folder, modality: str = "fusion", text_encoder: str = "lstm", **overrides):
+    """A tiny random model and its processor, saved the way train.py saves them (no training: seconds);
+    ``text_encoder`` "transformers" is a tiny random BERT; ``overrides`` are config fields."""
+    import torch
+
+    from mm_classifier import MultiModalClassifier, MultiModalConfig, MultiModalProcessor, build_tokenizer
+    from mm_classifier.text_models import caption_tokenizer, pretrained_text_config
+
+    text = {}
+    if text_encoder == "transformers":
+        bert = make_tiny_bert(folder.parent / "bert", " ".join(CAPTIONS).split())
+        tokenizer = caption_tokenizer(str(bert), CAPTIONS)
+        text = {"text_model_config": pretrained_text_config(str(bert))[0]}
+    else:
+        tokenizer = build_tokenizer(CAPTIONS, min_frequency=1)
+    settings = dict(
+        modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=len(tokenizer),
+        id2label={0: "dog", 1: "beach", 2: "man"}, thresholds=[0.3, 0.5, 0.6], image_embed_dim=16, text_embed_dim=16,
+        word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16], text_encoder_type=text_encoder,
+        pad_token_id=tokenizer.pad_token_id, bag_buckets=64, **text,
+    )
+    config = MultiModalConfig(**{**settings, **overrides})
+    torch.manual_seed(0)
+    model = MultiModalClassifier(config).eval()
+    processor = MultiModalProcessor.from_config(config, tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, tiny_folder):
     """A tiny random BERT folder whose vocabulary knows the tiny folder's caption words."""

@@ -4,14 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
-from conftest import make_tiny_bert
+from conftest import CAPTIONS, save_tiny_model
 from mm_classifier import (
     PIPELINE_TASK,
     MMClassifierError,
@@ -20,40 +19,12 @@ from mm_classifier import (
     MultiModalImageProcessor,
     MultiModalProcessor,
     Predictor,
-    build_tokenizer,
 )
 from mm_classifier.hub import push_folder
-from mm_classifier.text_models import caption_tokenizer, pretrained_text_config
 
-CAPTIONS = ["a dog runs on the beach", "a man in a red shirt", "two dogs play in the snow"]
 CODE_FILES = ["configuration.py", "errors.py", "fusion.py", "images.py", "modeling.py", "pipeline.py", "processing.py",
-              "text_encoders.py"]
+              "text_encoders.py", "tokens.py"]
 DATA_FILES = ["config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
-
-
-def save_tiny_model(folder: Path, modality: str = "fusion", text_encoder: str = "lstm"
-                    ) -> tuple[MultiModalClassifier, MultiModalProcessor]:
-    """A tiny random model and its processor, saved the way train.py saves them; ``text_encoder`` "transformers"
-    is a tiny random BERT."""
-    text = {}
-    if text_encoder == "transformers":
-        bert = make_tiny_bert(folder.parent / "bert", " ".join(CAPTIONS).split())
-        tokenizer = caption_tokenizer(str(bert), CAPTIONS)
-        text = {"text_model_config": pretrained_text_config(str(bert))[0]}
-    else:
-        tokenizer = build_tokenizer(CAPTIONS, min_frequency=1)
-    config = MultiModalConfig(
-        modality=modality, backbone="test_efficientnet", image_size=32, vocab_size=len(tokenizer),
-        id2label={0: "dog", 1: "beach", 2: "man"}, thresholds=[0.3, 0.5, 0.6], image_embed_dim=16, text_embed_dim=16,
-        word_embed_dim=8, lstm_hidden_size=8, fusion_hidden_sizes=[16], text_encoder_type=text_encoder,
-        pad_token_id=tokenizer.pad_token_id, bag_buckets=64, **text,
-    )
-    torch.manual_seed(0)
-    model = MultiModalClassifier(config).eval()
-    processor = MultiModalProcessor.from_config(config, tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model, processor
 
 
 @pytest.fixture
