@@ -63,11 +63,21 @@ class Explanation:
         predicted: the concepts at or above their thresholds, most probable first (all concepts considered,
             not only the explained ones); for a single-label model its most probable class alone.
         caption: the caption that was read, or None.
+        both, photo_only, caption_only: every concept's probability from the photo and the caption, the photo
+            alone and the caption alone (None where that input was not given or is not read).
     """
 
     concepts: list[ConceptExplanation]
     predicted: list[str]
     caption: str | None = None
+    both: dict[str, float] | None = None
+    photo_only: dict[str, float] | None = None
+    caption_only: dict[str, float] | None = None
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Every concept's probability from everything the model read, as ``Predictor.predict`` gives them."""
+        return next(p for p in (self.both, self.photo_only, self.caption_only) if p is not None)
 
     def __getitem__(self, concept: str) -> ConceptExplanation:
         for entry in self.concepts:
@@ -93,6 +103,7 @@ def explain(
     photo=None,
     caption: str | None = None,
     concepts: Sequence[str] | str | None = None,
+    max_heatmap_side: int | None = None,
 ) -> Explanation:
     """Explain a prediction concept by concept.
 
@@ -110,6 +121,8 @@ def explain(
         caption: a caption, or None.
         concepts: concept names to explain; default: the predicted ones (a single-label model's most probable
             class), or the ``DEFAULT_TOP_K`` most probable when none is predicted.
+        max_heatmap_side: heat maps at most this many pixels on their longer side (the photo's proportions
+            kept); default: the photo's own size.
 
     Raises:
         MMClassifierError: nothing the model can read was given, an unknown concept, or an unreadable photo.
@@ -140,7 +153,7 @@ def explain(
     if chosen is None:
         chosen = predicted or ranked[:DEFAULT_TOP_K]
 
-    heatmaps = _grad_cam(explained_logits[0, chosen], maps, (image.height, image.width)) if maps else None
+    heatmaps = _grad_cam(explained_logits[0, chosen], maps, _heatmap_size(image, max_heatmap_side)) if maps else None
     # Row 0 holds the whole caption, row 1 + i the caption with word i hidden.
     word_values = (probabilities[:1, chosen] - probabilities[1:, chosen]).T.tolist() if words else None  # (K, n)
 
@@ -162,7 +175,14 @@ def explain(
         )
         for k, index in enumerate(chosen)
     ]
-    return Explanation(entries, [known[i] for i in predicted], caption if reads_caption else None)
+    every = [None if row is None else dict(zip(known, row, strict=True)) for row in (both, photo_only, caption_only)]
+    return Explanation(entries, [known[i] for i in predicted], caption if reads_caption else None, *every)
+
+
+def _heatmap_size(image, max_side: int | None) -> tuple[int, int]:
+    """(height, width) of the photo, scaled down to at most ``max_side`` on its longer side."""
+    scale = min(1.0, max_side / max(image.size)) if max_side else 1.0
+    return max(1, round(image.height * scale)), max(1, round(image.width * scale))
 
 
 def _inputs_read(config, photo, caption) -> tuple[bool, bool]:

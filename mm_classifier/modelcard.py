@@ -14,6 +14,7 @@ from .fusion import describe
 from .pipeline import PIPELINE_TASK
 from .reporting import SINGLE_LABEL_SUMMARY_KEYS, SUMMARY_KEYS, format_metric
 from .sample import BUILT_IN
+from .serving import text_encoder_description
 from .sources import looks_like_hub_id
 
 __all__ = ["card_metadata", "write_model_card"]
@@ -84,16 +85,6 @@ def labelling(config) -> str:
         "`config.json`, `concept_words`). Training and test pairs are labelled leave-one-out: a caption never "
         "decides\nits own label, so a caption-reading model cannot just spot keywords."
     )
-
-
-def text_encoder_description(config) -> str:
-    """The caption encoder in a few words, e.g. "pretrained text encoder `all-MiniLM-L6-v2` (frozen)"."""
-    if config.text_encoder_type == "transformers":
-        name = str(config.text_model_name or config.text_model_config.get("model_type")).rstrip("/").split("/")[-1]
-        layers = config.text_trainable_layers
-        return f"pretrained text encoder `{name}` ({f'last {layers} layers fine-tuned' if layers else 'frozen'})"
-    kind = {"lstm": "word-level BiLSTM", "bag": "bag of words and word bigrams"}[config.text_encoder_type]
-    return f"{kind} caption encoder ({config.vocab_size}-word vocabulary)"
 
 
 def problem_description(config, reads: str) -> str:

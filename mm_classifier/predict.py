@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -37,6 +36,8 @@ class Predictor(BasePredictor):
     >>> predictor = Predictor.from_pretrained("outputs/fusion")
     >>> predictor.predict(["dog.jpg"], ["a dog in the snow"])[0].predicted
     """
+
+    explains = True
 
     def __init__(self, model: MultiModalClassifier, processor: MultiModalProcessor, device: str | None = None):
         import torch
@@ -111,55 +112,17 @@ class Predictor(BasePredictor):
     def probability_rows(self, images=None, captions=None):
         return self.model.probabilities(self.predict_logits(images, captions)).cpu().numpy()
 
-    def explain(self, photo=None, caption: str | None = None, concepts: Sequence[str] | str | None = None
-                ) -> Explanation:
+    def explain(self, photo=None, caption: str | None = None, concepts: Sequence[str] | str | None = None,
+                max_heatmap_side: int | None = None) -> Explanation:
         """Why the model predicts what it does: see :func:`mm_classifier.explain.explain` (same arguments)."""
         from .explain import explain  # explain.py needs Predictor only for its type hints
 
-        return explain(self, photo, caption, concepts)
+        return explain(self, photo, caption, concepts, max_heatmap_side)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
 
 EXPLAINED_CONCEPTS = 3  # heat maps per --explain figure: the most probable concepts
-PHOTO_COLUMNS = ("file_name", "image")  # file_name: Hugging Face imagefolder's metadata.csv; image: Kaggle Flickr8k
-
-
-def read_captions_csv(path: str | os.PathLike) -> dict[str, str]:
-    """Photo file name -> caption from a CSV with a header: ``file_name,caption`` (``image,caption`` also works,
-    so Kaggle Flickr8k's captions.txt can be given; a photo listed twice keeps its first caption).
-
-    Raises:
-        MMClassifierError: the file cannot be read or has no such columns.
-    """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [name.strip() for name in reader.fieldnames or []]
-            photo_column = next((name for name in PHOTO_COLUMNS if name in columns), None)
-            if photo_column is None or "caption" not in columns:
-                raise MMClassifierError(
-                    f"{path} needs a header line with the columns file_name,caption (found: "
-                    f"{','.join(columns) or 'nothing'})."
-                )
-            reader.fieldnames = columns
-            captions: dict[str, str] = {}
-            for row in reader:
-                name = (row.get(photo_column) or "").strip()
-                if name:
-                    captions.setdefault(name, (row.get("caption") or "").strip())
-            return captions
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise MMClassifierError(f"Cannot read the captions file {path}: {err}") from err
-
-
-def caption_for(photo: str | os.PathLike, captions: dict[str, str], default: str | None = None) -> str | None:
-    """The caption a captions CSV gives a photo (matched by file name, or by the path as listed), else default."""
-    photo = str(photo)
-    for key in (photo, Path(photo).name):
-        if captions.get(key):
-            return captions[key]
-    return default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one threshold for all concepts (multi-label models)")
     parser.add_argument("--top-k", type=int, default=None,
                         help="single-label: print the K most probable classes (default 1); multi-label: at most K")
+    parser.add_argument("--backend", choices=BACKENDS, default="pytorch",
+                        help="onnx: the graphs python -m mm_classifier.export wrote, on onnxruntime (no --explain)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot-dir", type=Path, default=None, help="write one figure per photo here")
     parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
@@ -184,15 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _inputs(args) -> list[tuple[str | None, str | None]]:
-    """(photo, caption) pairs to predict, from the photo arguments, --captions-csv and --caption."""
-    if args.captions_csv is None:
-        return [(p, args.caption) for p in args.photos] or [(None, args.caption)]
-    captions = read_captions_csv(args.captions_csv)
-    if args.photos:
-        return [(p, caption_for(p, captions, args.caption)) for p in args.photos]
-    folder = args.captions_csv.parent
-    return [(str(folder / name), caption or args.caption) for name, caption in captions.items()]
+def _rows(predictor: BasePredictor, args) -> list:
+    """Each photo's (or the lone caption's) prediction, or why there is none."""
+    from .serving import BatchRow, predict, predict_batch
+
+    if args.photos or args.captions_csv is not None:
+        return predict_batch(predictor, args.photos, args.caption, args.captions_csv, args.threshold, args.top_k,
+                             limit=None).rows
+    prediction = predict(predictor, None, args.caption, args.threshold, args.top_k)
+    return [BatchRow("(caption only)", args.caption, prediction)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,47 +166,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: give at least one photo, --caption or --captions-csv", file=sys.stderr)
         return 2
     try:
-        inputs = _inputs(args)
-        predictor = Predictor.from_pretrained(args.model)
+        if args.explain is not None and args.backend == "onnx":
+            raise MMClassifierError("--explain needs gradients, which only the PyTorch backend has (--backend "
+                                    "pytorch).")
+        predictor = Predictor.from_pretrained(args.model, backend=args.backend)
         predictor._thresholds(args.threshold)  # a --threshold that does not apply fails once, not per photo
+        rows = _rows(predictor, args)
     except MMClassifierError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    records, failures = [], 0
-    for photo, caption in inputs:
-        try:
-            image = load_image(photo) if photo is not None else None
-            prediction = predictor.predict(image, caption, thresholds=args.threshold, top_k=args.top_k)[0]
-            explanation = None
-            if args.explain is not None and image is not None:
-                top = sorted(prediction.probabilities, key=prediction.probabilities.get, reverse=True)
-                explanation = predictor.explain(image, caption, concepts=top[:EXPLAINED_CONCEPTS])
-        except MMClassifierError as err:
-            failures += 1
-            print(f"{photo}: skipped: {err}", file=sys.stderr)
+    records = []
+    for row in rows:
+        if row.prediction is None:
+            print(f"{row.path}: skipped: {row.error}", file=sys.stderr)
             continue
+        prediction = row.prediction
         shown = ", ".join(f"{c} {prediction.probabilities[c]:.2f}" for c in prediction.predicted) or "(none)"
-        print(f"{photo if photo is not None else '(caption only)'}: {shown}")
-        records.append({"image": photo, "caption": caption, **asdict(prediction)})
-        if args.plot_dir is not None and image is not None:
-            from .plots import plot_prediction
-
-            _save_figure(plot_prediction(image, prediction, caption, thresholds=_cutoffs(predictor, args.threshold)),
-                         args.plot_dir / f"{Path(photo).stem}.png")
-        if explanation is not None:
-            from .plots import plot_explanation
-
-            _save_figure(plot_explanation(image, explanation, thresholds=_cutoffs(predictor, args.threshold)),
-                         args.explain / f"{Path(photo).stem}.png")
+        print(f"{row.path or row.photo}: {shown}")
+        records.append({"image": row.path or None, "caption": row.caption, **asdict(prediction)})
+        if row.path and (args.plot_dir is not None or args.explain is not None):
+            _figures(predictor, row, args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(records, indent=2) + "\n")
-    if failures and not records:
-        return 1
-    return 0
+    return 0 if records else 1
 
 
-def _cutoffs(predictor: Predictor, threshold: float | None) -> dict[str, float] | None:
+def _figures(predictor: BasePredictor, row, args) -> None:
+    """--plot-dir's prediction figure and --explain's explanation figure of one photo."""
+    from .plots import plot_explanation, plot_prediction
+
+    image = load_image(row.path)
+    cutoffs = _cutoffs(predictor, args.threshold)
+    name = f"{Path(row.path).stem}.png"
+    if args.plot_dir is not None:
+        _save_figure(plot_prediction(image, row.prediction, row.caption, thresholds=cutoffs), args.plot_dir / name)
+    if args.explain is not None:
+        top = sorted(row.prediction.probabilities, key=row.prediction.probabilities.get, reverse=True)
+        explanation = predictor.explain(image, row.caption, concepts=top[:EXPLAINED_CONCEPTS])
+        _save_figure(plot_explanation(image, explanation, thresholds=cutoffs), args.explain / name)
+
+
+def _cutoffs(predictor: BasePredictor, threshold: float | None) -> dict[str, float] | None:
     cutoffs = predictor._thresholds(threshold)
     return None if cutoffs is None else dict(zip(predictor.concepts, cutoffs, strict=True))
 

@@ -97,6 +97,7 @@ class BasePredictor:
     """``predict`` for a backend that gives each input's probabilities (:meth:`probability_rows`)."""
 
     config: object  # the model's configuration: MultiModalConfig, or SavedConfig
+    explains = False  # whether explain() works: it needs gradients (the PyTorch backend)
 
     @property
     def concepts(self) -> list[str]:
@@ -106,7 +107,7 @@ class BasePredictor:
         """(B, num_concepts) calibrated probabilities of one batch; the backend's part."""
         raise NotImplementedError
 
-    def explain(self, photo=None, caption: str | None = None, concepts=None):
+    def explain(self, photo=None, caption: str | None = None, concepts=None, max_heatmap_side=None):
         raise MMClassifierError("Explanations need gradients, which only the PyTorch backend has: load the model "
                                 "with backend='pytorch' (the app and CLI: --backend pytorch).")
 

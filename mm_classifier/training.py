@@ -20,9 +20,10 @@ from .calibration import expected_calibration_error, fit_calibration
 from .errors import MMClassifierError
 from .features import cached_caption_features, cached_frozen_features, photo_pixels, photos_key
 from .metrics import compute_metrics
-from .modelcard import text_encoder_description, write_model_card
+from .modelcard import write_model_card
 from .pairs import PairCollator, PairTable, PhotoInput, Split, SplitInputs, without_photos
 from .plots import plot_learning_curves
+from .serving import text_encoder_description
 from .thresholds import select_threshold_shrinkage, tune_thresholds
 
 # --------------------------------------------------------------------------------------------- state

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import app
-from mm_classifier import MMClassifierError
+from mm_classifier import MMClassifierError, serving
 from mm_classifier.predict import main as predict_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,74 +68,76 @@ def photos(tiny_folder, tmp_path_factory):
 
 
 def test_predict_is_pure_and_equals_the_python_api(predictor, photo):
-    result = app.predict(predictor, photo, CAPTION)
+    result = serving.predict(predictor, photo, CAPTION)
     assert result.probabilities == predictor.predict(photo, CAPTION)[0].probabilities
-    assert app.predict(predictor, None, "a dog").probabilities == predictor.predict(None, "a dog")[0].probabilities
-    assert app.predict(predictor, photo, "   ").probabilities == predictor.predict(photo)[0].probabilities
-    assert app.predict(predictor, None, "dog " * 5000).probabilities == predictor.predict(
-        None, ("dog " * 5000)[: app.MAX_CAPTION_CHARS].strip())[0].probabilities
+    assert serving.predict(predictor, None, "a dog").probabilities == predictor.predict(None, "a dog")[0].probabilities
+    assert serving.predict(predictor, photo, "   ").probabilities == predictor.predict(photo)[0].probabilities
+    assert serving.predict(predictor, None, "dog " * 5000).probabilities == predictor.predict(
+        None, ("dog " * 5000)[: serving.MAX_CAPTION_CHARS].strip())[0].probabilities
     with pytest.raises(MMClassifierError, match="Upload a photo or type a caption"):
-        app.predict(predictor, None, "  ")
+        serving.predict(predictor, None, "  ")
 
 
 def test_result_view_puts_every_concept_against_its_threshold(predictor, photo):
     prediction = predictor.predict(photo, CAPTION)[0]
     tuned = dict(zip(predictor.concepts, predictor.model.config.thresholds, strict=True))
-    assert_view(app.concept_view(predictor, prediction), prediction, tuned)
+    assert_view(serving.concept_view(predictor, prediction), prediction, tuned)
     low = predictor.predict(photo, CAPTION, thresholds=0.05)[0]
-    assert_view(app.concept_view(predictor, low, 0.05), low, dict.fromkeys(predictor.concepts, 0.05))
-    assert summary_concepts(app.summary(prediction)) == prediction.predicted
+    assert_view(serving.concept_view(predictor, low, 0.05), low, dict.fromkeys(predictor.concepts, 0.05))
+    assert summary_concepts(serving.summary(prediction)) == prediction.predicted
 
 
 def test_explain_shows_the_predictors_three_probabilities_heat_map_and_words(predictor, photo):
-    result = app.explain(predictor, photo, CAPTION)
+    result = serving.explain(predictor, photo, CAPTION)
     both, photo_only, caption_only = (predictor.predict(photo, CAPTION)[0], predictor.predict(photo)[0],
                                       predictor.predict(None, CAPTION)[0])
     top = max(both.probabilities, key=both.probabilities.get)
-    assert result.concept == top and result.prediction.probabilities == both.probabilities
+    # One explain() result gives the three: Predict's probabilities, up to float rounding (other batches).
+    assert result.concept == top and result.prediction.predicted == both.predicted
+    assert result.prediction.probabilities == pytest.approx(both.probabilities, abs=1e-6)
     ranked = sorted(both.probabilities, key=both.probabilities.get, reverse=True)
-    assert [bar["concept"] for bar in result.bars["concepts"]] == ranked[: app.EXPLAIN_BARS]
+    assert [bar["concept"] for bar in result.bars["concepts"]] == ranked[: serving.EXPLAIN_BARS]
     for bar in result.bars["concepts"]:
         name = bar["concept"]
-        assert (bar["both"], bar["photo_only"], bar["caption_only"]) == (
-            both.probabilities[name], photo_only.probabilities[name], caption_only.probabilities[name])
+        assert (bar["both"], bar["photo_only"], bar["caption_only"]) == pytest.approx((
+            both.probabilities[name], photo_only.probabilities[name], caption_only.probabilities[name]), abs=1e-6)
     expected = predictor.explain(photo, CAPTION, concepts=[top])[top]
     np.testing.assert_allclose(result.heatmap, expected.heatmap, atol=1e-6)
     assert result.heatmap.shape == Image.open(photo).size[::-1]
     assert [w for w, _ in result.words] == [w for w, _ in expected.words] == CAPTION.split()
     assert [v for _, v in result.words] == pytest.approx([v for _, v in expected.words], abs=1e-6)
     # Words as gr.HighlightedText shows them: the strongest at +-1, the others in proportion, spaces between.
-    shown = app.highlighted_words(result.words)
+    shown = serving.highlighted_words(result.words)
     assert [t for t, _ in shown] == [t for word in CAPTION.split() for t in (word, " ")][:-1]
     strongest = max(abs(v) for _, v in result.words)
     assert [s for _, s in shown[::2]] == pytest.approx([v / strongest for _, v in result.words])
 
     # A chosen concept outside the top ones is explained and shown; caption only: no heat map, no photo bars.
     last = ranked[-1]
-    chosen = app.explain(predictor, photo, CAPTION, concept=last)
+    chosen = serving.explain(predictor, photo, CAPTION, concept=last)
     assert chosen.concept == last and chosen.bars["concepts"][-1]["concept"] == last
-    text_only = app.explain(predictor, None, CAPTION)
+    text_only = serving.explain(predictor, None, CAPTION)
     assert text_only.heatmap is None and text_only.image is None
     assert all(bar["photo_only"] is None and bar["both"] is None for bar in text_only.bars["concepts"])
     with pytest.raises(MMClassifierError, match="Unknown concept 'unicorn'"):
-        app.explain(predictor, photo, CAPTION, concept="unicorn")
+        serving.explain(predictor, photo, CAPTION, concept="unicorn")
 
 
 def test_upload_check_says_what_is_wrong_without_the_server_path(photo, tmp_path):
-    assert app.upload_problem(photo) is None
+    assert serving.upload_problem(photo) is None
     (tmp_path / "notes.jpg").write_text("not an image")
-    message = app.upload_problem(str(tmp_path / "notes.jpg"))
+    message = serving.upload_problem(str(tmp_path / "notes.jpg"))
     assert "not an image" in message.lower() and str(tmp_path) not in message
     Image.new("RGB", (60, 60)).save(tmp_path / "ok.jpg")
     data = (tmp_path / "ok.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    assert "corrupt or truncated" in app.upload_problem(str(tmp_path / "cut.jpg"))
+    assert "corrupt or truncated" in serving.upload_problem(str(tmp_path / "cut.jpg"))
 
 
 def test_batch_table_and_downloads_with_a_captions_csv(predictor, photos, tmp_path):
     folder, good = photos
     uploads = [good[0], folder / "broken.jpg", good[1], good[2]]
-    result = app.predict_batch(predictor, uploads, caption="a boy", captions_csv=folder / "captions.csv")
+    result = serving.predict_batch(predictor, uploads, caption="a boy", captions_csv=folder / "captions.csv")
     # Captions: from the CSV by file name; scene_00002 is not listed there and takes the caption for all.
     captions = {"scene_00001.png": "a dog on the beach", "scene_00002.png": "a boy",
                 "scene_00003.png": "a woman in the snow", "broken.jpg": "a car"}
@@ -147,11 +149,11 @@ def test_batch_table_and_downloads_with_a_captions_csv(predictor, photos, tmp_pa
             assert row.prediction == predictor.predict(str(path), captions[path.name])[0]
     assert result.unmatched == []
 
-    table = app.batch_table(result)
+    table = serving.batch_table(result)
     assert [r[0] for r in table] == [p.name for p in uploads] and table[1][2] == f"⚠ {broken.error}"
     assert summary_concepts(f"Found: {table[0][2]}.") == result.rows[0].prediction.predicted
 
-    csv_path, json_path = app.write_batch_files(result, predictor.concepts, tmp_path / "out")
+    csv_path, json_path = serving.write_batch_files(result, predictor.concepts, tmp_path / "out")
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["photo"] for r in rows] == [p.name for p in uploads] and rows[1]["error"] == broken.error
@@ -163,13 +165,13 @@ def test_batch_table_and_downloads_with_a_captions_csv(predictor, photos, tmp_pa
     assert records[1]["predicted"] is None and records[1]["error"] == broken.error
 
     # Photos the CSV lists but nobody uploaded are reported; a CSV without the columns is refused clearly.
-    assert app.predict_batch(predictor, good[:1], captions_csv=folder / "captions.csv").unmatched == [
+    assert serving.predict_batch(predictor, good[:1], captions_csv=folder / "captions.csv").unmatched == [
         "scene_00003.png", "broken.jpg"]
     (tmp_path / "bad.csv").write_text("name,text\nscene_00001.png,a dog\n")
     with pytest.raises(MMClassifierError, match="file_name,caption"):
-        app.predict_batch(predictor, good, captions_csv=tmp_path / "bad.csv")
+        serving.predict_batch(predictor, good, captions_csv=tmp_path / "bad.csv")
     with pytest.raises(MMClassifierError, match="at most"):
-        app.predict_batch(predictor, good * 20)
+        serving.predict_batch(predictor, good * 20)
 
 
 def copy_model(tiny_model, tmp_path, name, dataset) -> Path:
@@ -188,30 +190,31 @@ def test_page_says_what_the_model_was_trained_on_and_warns_for_a_sample_model(ti
 
     sample = Predictor.from_pretrained(copy_model(tiny_model, tmp_path, "sample", "sample"))
     real = Predictor.from_pretrained(copy_model(tiny_model, tmp_path, "real", "/data/flickr8k"))
-    assert app.describe_model(sample).synthetic and not app.describe_model(real).synthetic
+    assert serving.describe_model(sample).synthetic and not serving.describe_model(real).synthetic
     # The tiny model itself was trained on a folder the sample's generator wrote: also synthetic.
-    assert app.describe_model(Predictor.from_pretrained(tiny_model)).synthetic
+    assert serving.describe_model(Predictor.from_pretrained(tiny_model)).synthetic
 
     sample_page, real_page = page_text(app.build_demo(sample)), page_text(app.build_demo(real))
     assert "trained on synthetic scenes" in sample_page and "python train.py --dataset" in sample_page
     assert "32-px cartoon scenes" in sample_page  # the served model's own image size (the tiny one's)
     assert "trained on the built-in synthetic sample" in sample_page
     assert "synthetic" not in real_page and "trained on `/data/flickr8k`" in real_page
-    # Without training_args.json the model card still says where the model came from.
+    # Without training_args.json the page says so: the card's prose is for people, not read back.
     bare = tmp_path / "real"
     (bare / "training_args.json").unlink()
-    card_info = app.describe_model(Predictor.from_pretrained(bare))
-    assert card_info.dataset == str(tiny_folder) and card_info.synthetic
+    unrecorded = Predictor.from_pretrained(bare)
+    assert serving.describe_model(unrecorded).dataset is None and not serving.describe_model(unrecorded).synthetic
+    assert "trained on unrecorded data (no training_args.json)" in page_text(app.build_demo(unrecorded))
 
 
 def test_examples_from_a_folder_with_captions(photos, tmp_path):
     folder, good = photos
-    examples = app.folder_examples(folder)
+    examples = serving.folder_examples(folder)
     assert [Path(p).name for p, _ in examples] == ["broken.jpg", *[p.name for p in good]]  # sorted; checked on use
     assert dict((Path(p).name, c) for p, c in examples)["scene_00002.png"] == ""
     assert dict((Path(p).name, c) for p, c in examples)["scene_00003.png"] == "a woman in the snow"
     with pytest.raises(MMClassifierError, match="no photos"):
-        app.folder_examples(tmp_path)
+        serving.folder_examples(tmp_path)
 
 
 def test_build_demo_without_launching(predictor):
@@ -295,10 +298,10 @@ def test_live_server_over_http(server, predictor, photo, photos, tmp_path):
                 dict.fromkeys(predictor.concepts, 0.05))
     assert_view(client.predict(handle_file(photo), "", api_name="/predict")[0], predictor.predict(photo)[0], tuned)
     assert_view(client.predict(None, "dog " * 2500, api_name="/predict")[0],
-                app.predict(predictor, None, "dog " * 2500), tuned)
+                serving.predict(predictor, None, "dog " * 2500), tuned)
 
     concept, heatmap, words, bars, _ = client.predict(handle_file(photo), CAPTION, 0, api_name="/explain")
-    local = app.explain(predictor, photo, CAPTION)
+    local = serving.explain(predictor, photo, CAPTION)
     assert concept == local.concept and bars == local.bars
     assert Image.open(heatmap).size == (app.SHOWN_SIDE[0],) * 2  # the 32-px photo enlarged, its pixels as blocks
     assert "".join(item["token"] for item in words) == CAPTION
@@ -382,14 +385,14 @@ def test_browser_explain_view_and_batch_tab(server, predictor, photo, photos, tm
         page.get_by_role("button", name="Explain").click()
         groups = page.locator("#three-way-bars li")
         expect(groups.first).to_be_visible(timeout=60_000)
-        expect(groups).to_have_count(min(app.EXPLAIN_BARS, len(predictor.concepts)))
+        expect(groups).to_have_count(min(serving.EXPLAIN_BARS, len(predictor.concepts)))
         expect(page.locator("#three-way-bars li.explained .name")).to_have_text(top)
         expect(page.locator("#three-way-bars .legend")).to_contain_text("caption alone")
         expect(page.get_by_label("Concept to explain")).to_have_value(top)
         for word in CAPTION.split():
             expect(page.locator("#caption-words")).to_contain_text(word)
         expect(page.locator(".heatmap img")).to_be_visible()
-        expect(page.get_by_label("Summary")).to_have_value(app.summary(expected))
+        expect(page.get_by_label("Summary")).to_have_value(serving.summary(expected))
         page.screenshot(path=str(shots / f"{name}_3_explain.png"), full_page=True)
 
         # Batch: three photos and a bad file with a captions CSV -> a row per photo, downloads.
@@ -474,11 +477,11 @@ def single_label(single_label_model):
 def test_a_single_label_model_predicts_exactly_its_most_probable_class(single_label, photo):
     assert single_label.model.config.single_label
     for inputs in ((photo, CAPTION), (photo, None), (None, CAPTION)):
-        result = app.predict(single_label, *inputs)
+        result = serving.predict(single_label, *inputs)
         assert result == single_label.predict(*inputs)[0]  # calibrated softmax, from the Predictor
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
         assert result.predicted == [max(result.probabilities, key=result.probabilities.get)]
-        view = app.concept_view(single_label, result)
+        view = serving.concept_view(single_label, result)
         ranked = sorted(result.probabilities, key=result.probabilities.get, reverse=True)
         assert view["single_label"] and view["predicted"] == ranked[:1]
         assert [c["concept"] for c in view["concepts"]] == ranked
@@ -486,29 +489,30 @@ def test_a_single_label_model_predicts_exactly_its_most_probable_class(single_la
         assert all(c["threshold"] is None for c in view["concepts"])
         top = ranked[0]
         expected = f"Most probable class: {top} ({result.probabilities[top]:.0%})."
-        assert app.summary(result, single_label=True) == expected
+        assert serving.summary(result, single_label=True) == expected
     # Handlers without a threshold (the page has no slider) give the same; a threshold is refused clearly.
     view, summary = app.Handlers(single_label).predict(photo, CAPTION)
-    assert view == app.concept_view(single_label, app.predict(single_label, photo, CAPTION))
+    assert view == serving.concept_view(single_label, serving.predict(single_label, photo, CAPTION))
     assert summary.startswith("Most probable class: ")
     with pytest.raises(MMClassifierError, match="thresholds do not apply"):
-        app.predict(single_label, photo, CAPTION, threshold=0.3)
+        serving.predict(single_label, photo, CAPTION, threshold=0.3)
 
 
 def test_a_single_label_models_explanation_and_batch(single_label, photo, photos):
-    result = app.explain(single_label, photo, CAPTION)
+    result = serving.explain(single_label, photo, CAPTION)
     expected = single_label.predict(photo, CAPTION)[0]
-    assert result.prediction == expected and result.concept == expected.predicted[0]
+    assert result.prediction.predicted == expected.predicted and result.concept == expected.predicted[0]
+    assert result.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
     assert all(bar["threshold"] is None for bar in result.bars["concepts"])
     assert [bar["both"] for bar in result.bars["concepts"]] == pytest.approx(
         [expected.probabilities[bar["concept"]] for bar in result.bars["concepts"]], abs=1e-6)
     handlers = app.Handlers(single_label)
     last = result.bars["concepts"][-1]["concept"]
     concept, _, _, bars, summary = handlers.explain_concept(photo, CAPTION, last)
-    assert concept == last and bars["explained"] == last and summary == app.summary(expected, single_label=True)
+    assert concept == last and bars["explained"] == last and summary == serving.summary(expected, single_label=True)
 
     folder, good = photos
-    batch = app.predict_batch(single_label, [*good, folder / "broken.jpg"], caption=CAPTION)
+    batch = serving.predict_batch(single_label, [*good, folder / "broken.jpg"], caption=CAPTION)
     assert [len(row.prediction.predicted) for row in batch.rows[:-1]] == [1, 1, 1]
     assert batch.rows[-1].prediction is None
 
@@ -561,7 +565,7 @@ def test_live_single_label_page_over_http_and_in_a_browser(single_label, photo):
         url = f"http://127.0.0.1:{port}/"
         expected = single_label.predict(photo, CAPTION)[0]
         view, summary = Client(url, verbose=False).predict(handle_file(photo), CAPTION, api_name="/predict")
-        assert view["predicted"] == expected.predicted and summary == app.summary(expected, single_label=True)
+        assert view["predicted"] == expected.predicted and summary == serving.summary(expected, single_label=True)
         if not os.path.exists(CHROMIUM):
             return
         from playwright.sync_api import expect, sync_playwright
