@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import socket
 import sys
@@ -42,6 +43,8 @@ from mm_classifier.serving import (
 )
 
 DEFAULT_MODEL = "outputs/fusion"
+DEFAULT_BACKEND = "pytorch" if importlib.util.find_spec("torch") else "onnx"
+EXAMPLES = Path(__file__).resolve().parent / "examples"  # a Space's example photos (python -m mm_classifier.space)
 MAX_FILE_SIZE = "10mb"
 SHOWN_SIDE = (320, 512)  # heat maps are sent at least and at most this large (small photos: pixels enlarged)
 # Predictions waiting beyond QUEUE_SIZE get Gradio's "queue is full" at once instead of a long wait; CONCURRENCY
@@ -290,11 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="public share link (needs internet)")
     parser.add_argument("--examples", default=None, metavar="DIR",
                         help="example photos (and an optional captions.csv: file_name,caption); default: the "
-                             "built-in sample's scenes for a model trained on them, none for any other")
+                             "examples/ folder beside app.py (a Space's), else the built-in sample's scenes for a "
+                             "model trained on them, none for any other")
     parser.add_argument("--no-examples", action="store_true", help="show no examples")
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("MM_CLASSIFIER_BACKEND", "pytorch"),
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("MM_CLASSIFIER_BACKEND", DEFAULT_BACKEND),
                         help="onnx: the graphs python -m mm_classifier.export wrote, on onnxruntime, without torch "
-                             "(no explanations); default: $MM_CLASSIFIER_BACKEND or %(default)s")
+                             "(no explanations); default: $MM_CLASSIFIER_BACKEND, else pytorch where torch is "
+                             "installed and onnx where it is not (a Space); here %(default)s")
     return parser
 
 
@@ -320,6 +325,8 @@ def main(argv=None) -> int:
         examples, label = None, "Examples"
         if args.examples and not args.no_examples:
             examples, label = folder_examples(args.examples), f"Examples from {args.examples}"
+        elif EXAMPLES.is_dir() and not args.no_examples:
+            examples = folder_examples(EXAMPLES)
         elif info.synthetic and not args.no_examples:
             examples, label = sample_examples(), "Examples: scenes of the built-in sample's test split"
     except MMClassifierError as err:

@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -274,20 +275,31 @@ def test_cli_prints_no_warnings_or_progress_bars(tiny_model, photo):
 
 
 @pytest.fixture(scope="module")
-def server(predictor, photo):
-    demo = app.build_demo(predictor, [[photo, "a man on the grass"]])
+def onnx_predictor(tiny_model, tmp_path_factory):
+    """The tiny model exported to ONNX, on one thread per prediction as app.py loads it."""
+    from mm_classifier.export import export
+
+    return app.load_predictor(str(export(tiny_model, tmp_path_factory.mktemp("onnx") / "model")), "onnx")
+
+
+@pytest.fixture(scope="module", params=["pytorch", "onnx"])
+def served(request, predictor, onnx_predictor, photo):
+    """A live server of the tiny model on each backend: its address and its predictor."""
+    backend_predictor = predictor if request.param == "pytorch" else onnx_predictor
+    demo = app.build_demo(backend_predictor, [[photo, "a man on the grass"]])
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_OPTIONS)
-    yield f"http://127.0.0.1:{port}/"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", predictor=backend_predictor)
     demo.close()
 
 
 @pytest.mark.slow
-def test_live_server_over_http(server, predictor, photo, photos, tmp_path):
+def test_live_server_over_http(served, photo, photos, tmp_path):
     from gradio_client import Client, handle_file
 
+    server, predictor = served.url, served.predictor
     client = Client(server, verbose=False)
-    tuned = dict(zip(predictor.concepts, predictor.model.config.thresholds, strict=True))
+    tuned = dict(zip(predictor.concepts, predictor.config.thresholds, strict=True))
     view, summary = client.predict(handle_file(photo), CAPTION, 0, api_name="/predict")
     expected = predictor.predict(photo, CAPTION)[0]
     assert_view(view, expected, tuned)
@@ -300,11 +312,14 @@ def test_live_server_over_http(server, predictor, photo, photos, tmp_path):
     assert_view(client.predict(None, "dog " * 2500, api_name="/predict")[0],
                 serving.predict(predictor, None, "dog " * 2500), tuned)
 
-    concept, heatmap, words, bars, _ = client.predict(handle_file(photo), CAPTION, 0, api_name="/explain")
-    local = serving.explain(predictor, photo, CAPTION)
-    assert concept == local.concept and bars == local.bars
-    assert Image.open(heatmap).size == (app.SHOWN_SIDE[0],) * 2  # the 32-px photo enlarged, its pixels as blocks
-    assert "".join(item["token"] for item in words) == CAPTION
+    if predictor.explains:
+        concept, heatmap, words, bars, _ = client.predict(handle_file(photo), CAPTION, 0, api_name="/explain")
+        local = serving.explain(predictor, photo, CAPTION)
+        assert concept == local.concept and bars == local.bars
+        assert Image.open(heatmap).size == (app.SHOWN_SIDE[0],) * 2  # the 32-px photo enlarged, pixels as blocks
+        assert "".join(item["token"] for item in words) == CAPTION
+    else:  # the ONNX backend has no gradients: no Explain endpoint
+        assert "/explain" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
 
     folder, good = photos
     table, files, status = client.predict([handle_file(str(p)) for p in (*good, folder / "broken.jpg")], "",
@@ -325,9 +340,10 @@ def test_live_server_over_http(server, predictor, photo, photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_twenty_concurrent_requests_all_succeed(server, predictor, photo):
+def test_twenty_concurrent_requests_all_succeed(served, photo):
     from gradio_client import Client, handle_file
 
+    server, predictor = served.url, served.predictor
     captions = [f"a dog number {i} on the grass" if i % 2 else f"a man number {i}" for i in range(20)]
 
     def one(caption):
@@ -340,15 +356,33 @@ def test_twenty_concurrent_requests_all_succeed(server, predictor, photo):
         assert {c["concept"]: c["probability"] for c in view["concepts"]} == pytest.approx(expected.probabilities)
 
 
+def explain_view(page, predictor, expected, top):
+    """The Explain view in a browser: the top concept's heat map, the caption's words, the three-way bars."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Explain").click()
+    groups = page.locator("#three-way-bars li")
+    expect(groups.first).to_be_visible(timeout=60_000)
+    expect(groups).to_have_count(min(serving.EXPLAIN_BARS, len(predictor.concepts)))
+    expect(page.locator("#three-way-bars li.explained .name")).to_have_text(top)
+    expect(page.locator("#three-way-bars .legend")).to_contain_text("caption alone")
+    expect(page.get_by_label("Concept to explain")).to_have_value(top)
+    for word in CAPTION.split():
+        expect(page.locator("#caption-words")).to_contain_text(word)
+    expect(page.locator(".heatmap img")).to_be_visible()
+    expect(page.get_by_label("Summary")).to_have_value(serving.summary(expected))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)], ids=["desktop", "phone"])
-def test_browser_explain_view_and_batch_tab(server, predictor, photo, photos, tmp_path, width, height):
+def test_browser_explain_view_and_batch_tab(served, photo, photos, tmp_path, width, height):
     from playwright.sync_api import expect, sync_playwright
 
+    server, predictor = served.url, served.predictor
     shots = Path(os.environ.get("APP_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    name = "desktop" if width > 600 else "phone"
+    name = ("desktop" if width > 600 else "phone") + ("" if predictor.explains else "_onnx")
     expected = predictor.predict(photo, CAPTION)[0]
     top = max(expected.probabilities, key=expected.probabilities.get)
     folder, good = photos
@@ -382,17 +416,13 @@ def test_browser_explain_view_and_batch_tab(server, predictor, photo, photos, tm
         page.locator(".photo-input input[type=file]").set_input_files(photo)
         expect(page.locator("#upload-notice")).to_be_hidden(timeout=30_000)
         page.get_by_label("Caption (optional)").fill(CAPTION)
-        page.get_by_role("button", name="Explain").click()
-        groups = page.locator("#three-way-bars li")
-        expect(groups.first).to_be_visible(timeout=60_000)
-        expect(groups).to_have_count(min(serving.EXPLAIN_BARS, len(predictor.concepts)))
-        expect(page.locator("#three-way-bars li.explained .name")).to_have_text(top)
-        expect(page.locator("#three-way-bars .legend")).to_contain_text("caption alone")
-        expect(page.get_by_label("Concept to explain")).to_have_value(top)
-        for word in CAPTION.split():
-            expect(page.locator("#caption-words")).to_contain_text(word)
-        expect(page.locator(".heatmap img")).to_be_visible()
-        expect(page.get_by_label("Summary")).to_have_value(serving.summary(expected))
+        if predictor.explains:
+            explain_view(page, predictor, expected, top)
+        else:  # the ONNX backend: no Explain button, a note says why; Predict answers
+            expect(page.get_by_role("button", name="Explain")).to_have_count(0)
+            expect(page.locator("#no-explain-note")).to_contain_text("need the PyTorch backend")
+            page.get_by_role("button", name="Predict", exact=True).click()
+            expect(page.get_by_label("Summary")).to_have_value(serving.summary(expected), timeout=60_000)
         page.screenshot(path=str(shots / f"{name}_3_explain.png"), full_page=True)
 
         # Batch: three photos and a bad file with a captions CSV -> a row per photo, downloads.
