@@ -110,3 +110,20 @@ def test_cli_good_and_bad_photos(tiny_model, photo, tmp_path, capsys):
         assert figure.format == "PNG" and figure.width > figure.height  # the photo beside the bar chart
     assert predict_cli(["--model", str(tmp_path / "nothing"), photo]) == 2
     assert "No model at" in capsys.readouterr().err
+
+
+def test_cli_on_the_onnx_backend(tiny_model, photo, tmp_path, capsys):
+    from mm_classifier.export import export
+
+    folder = export(tiny_model, tmp_path / "onnx_model")
+    out_json = tmp_path / "out.json"
+    assert predict_cli(["--model", str(folder), "--backend", "onnx", photo, "--caption", "a dog",
+                        "--json", str(out_json)]) == 0
+    record, = json.loads(out_json.read_text())
+    expected, = Predictor.from_pretrained(tiny_model).predict(photo, "a dog")
+    assert record["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
+    assert record["predicted"] == expected.predicted
+    assert predict_cli(["--model", str(folder), "--backend", "onnx", "--caption", "a dog"]) == 0
+    assert "(caption only): " in capsys.readouterr().out
+    assert predict_cli(["--model", str(folder), "--backend", "onnx", photo, "--explain", str(tmp_path / "x")]) == 2
+    assert "--explain needs gradients" in capsys.readouterr().err
