@@ -1,6 +1,7 @@
 """Serving under load: the app's requests/s against the bare prediction API's, and a burst of new clients.
 
     python benchmarks/serving.py --model outputs/fusion [--photo PHOTO] [--requests 60] [--clients 200]
+    python benchmarks/serving.py --model outputs/fusion --backend onnx    # after python -m mm_classifier.export
 
 1. The bare API: ``Predictor.predict`` on one photo and caption, one request after another, in this process.
 2. The app: ``python app.py`` in a subprocess on 127.0.0.1, ``--threads`` clients each sending its share of
@@ -38,32 +39,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def api_rates(model: str, photo: str, requests: int) -> dict[str, float]:
-    """Requests/s of Predictor.predict(photo file, caption), one call after another, with torch's default threads
-    and with one thread: the baseline is the faster of the two."""
-    import torch
-    import transformers
+def api_rates(model: str, photo: str, requests: int, backend: str) -> dict[str, float]:
+    """Requests/s of predict(photo file, caption), one call after another, with the backend's default threads and
+    with one thread: the baseline is the faster of the two."""
+    if backend == "onnx":
+        from mm_classifier.onnx_runtime import OnnxPredictor
 
-    from mm_classifier import Predictor
+        predictors = {f"{threads or 'default'} onnxruntime thread(s)": OnnxPredictor.from_pretrained(model, threads)
+                      for threads in (None, 1)}
+    else:
+        import torch
+        import transformers
 
-    transformers.utils.logging.disable_progress_bar()
-    predictor = Predictor.from_pretrained(model)
+        from mm_classifier import Predictor
+
+        transformers.utils.logging.disable_progress_bar()
+        predictor = Predictor.from_pretrained(model)
+        predictors = {f"{threads} torch thread(s)": (predictor, threads) for threads in (torch.get_num_threads(), 1)}
     rates = {}
-    for threads in (torch.get_num_threads(), 1):
-        torch.set_num_threads(threads)
+    for name, predictor in predictors.items():
+        if backend != "onnx":
+            predictor, threads = predictor
+            torch.set_num_threads(threads)
         for _ in range(3):
             predictor.predict(photo, CAPTION)
         started = time.perf_counter()
         for _ in range(requests):
             predictor.predict(photo, CAPTION)
-        rates[f"{threads} torch thread(s)"] = requests / (time.perf_counter() - started)
+        rates[name] = requests / (time.perf_counter() - started)
     return rates
 
 
-def start_server(model: str, port: int, deadline: float) -> subprocess.Popen:
+def start_server(model: str, port: int, deadline: float, backend: str) -> subprocess.Popen:
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), "--model", model, "--server-name", "127.0.0.1",
-         "--server-port", str(port), "--no-examples"],
+         "--server-port", str(port), "--no-examples", "--backend", backend],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     while time.monotonic() < deadline:
@@ -206,6 +216,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=200, help="new clients in the burst")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds each burst client may take")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="the whole run stops by then")
+    parser.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch",
+                        help="onnx: the model's ONNX graphs (python -m mm_classifier.export MODEL first)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -217,8 +229,8 @@ def main() -> None:
 
         photo = str(sorted((sample_folder() / "images").iterdir())[0])
     print(f"# Serving benchmark: {common.machine()}")
-    print(f"model {args.model}; photo {photo}")
-    rates = api_rates(args.model, photo, args.requests)
+    print(f"model {args.model} ({args.backend}); photo {photo}")
+    rates = api_rates(args.model, photo, args.requests, args.backend)
     api = max(rates.values())
     shown = ", ".join(f"{rate:.1f} with {threads}" for threads, rate in rates.items())
     print(f"bare API: {api:.1f} requests/s ({args.requests} sequential Predictor.predict calls each: {shown})")
@@ -226,7 +238,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    server = start_server(args.model, port, min(deadline, time.monotonic() + 180))
+    server = start_server(args.model, port, min(deadline, time.monotonic() + 180), args.backend)
     try:
         served = {}
         for kind in ("HTTP", "gradio_client"):

@@ -1,7 +1,7 @@
 """mm_classifier: which concepts are in a photo and its caption, as a transformers model trained on Flickr8k.
 
 Importing the package is cheap: each name below loads its module on first use, so that the ONNX runtime
-(``Predictor.from_pretrained(folder, backend="onnx")``, docs/serving.md) runs without torch, transformers or timm.
+(``Predictor.from_pretrained(folder, backend="onnx")``, docs/app.md) runs without torch, transformers or timm.
 The transformers Auto classes and the pipeline task are registered once transformers is imported, whichever of
 the two comes first (:func:`_register_auto_classes`).
 """

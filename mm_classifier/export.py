@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import warnings
@@ -29,6 +30,10 @@ from .predict import Predictor
 
 OPSET = 17  # onnxruntime 1.16 and later run it; LSTM, LayerNorm and every op our encoders use exist in it
 QUANTIZATIONS = ("int8",)
+# What --quantize int8 quantizes: the matrix products (linear layers, attention, the LSTM) and embedding tables.
+# Convolutions stay fp32: dynamically quantized, MobileNetV2's cost 0.040 micro-F1 on Flickr8k and ran 6x slower
+# (onnxruntime's ConvInteger; docs/performance.md).
+INT8_OPERATORS = ["MatMul", "Attention", "LSTM", "Gather"]
 # Files an ONNX model folder leaves out when it is written apart (--output): the runtime reads none of them.
 PYTORCH_ONLY = ("model.safetensors", "*.py")
 
@@ -127,11 +132,15 @@ def _parts(predictor: Predictor) -> dict[str, tuple[nn.Module, tuple, list[str],
 def _quantize(target: Path, parts) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name in parts:
-        path = target / GRAPHS[name]
-        quantized = path.with_suffix(".int8.onnx")
-        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
-        quantized.replace(path)
+    logging.disable(logging.WARNING)  # onnxruntime's quantizer warns on its root logger for every tensor it skips
+    try:
+        for name in parts:
+            path = target / GRAPHS[name]
+            quantized = path.with_suffix(".int8.onnx")
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPERATORS)
+            quantized.replace(path)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _copy_model_files(source: Path, output: Path) -> Path:
@@ -174,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write an ONNX model folder here (config, processor files, card and onnx/, without the "
                              "PyTorch weights); default: MODEL/onnx")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="dynamic int8 quantization of the weights (smaller; see docs/serving.md for its cost)")
+                        help="dynamic int8 quantization of the weights (smaller; see docs/app.md for its cost)")
     return parser
 
 

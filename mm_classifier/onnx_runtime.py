@@ -43,7 +43,7 @@ def load_sessions(folder: Path, threads: int | None = None) -> dict:
         return {part: onnxruntime.InferenceSession(str(folder / ONNX_FOLDER / name), options,
                                                    providers=["CPUExecutionProvider"])
                 for part, name in manifest["graphs"].items()}
-    except (OSError, ValueError, KeyError, RuntimeError) as err:  # onnxruntime's errors are RuntimeErrors
+    except Exception as err:  # onnxruntime's own errors (a truncated or missing graph) subclass Exception alone
         raise MMClassifierError(f"Cannot load the ONNX graphs in {folder / ONNX_FOLDER}: {err}") from err
 
 
@@ -55,8 +55,8 @@ class OnnxPredictor(BasePredictor):
     >>> predictor.predict("dog.jpg", "a dog in the snow")[0].predicted
     """
 
-    def __init__(self, config: SavedConfig, sessions: dict, tokenizer=None, max_length: int = 32,
-                 image_size: int = 224, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5)):
+    def __init__(self, config: SavedConfig, sessions: dict, image_size: int, image_mean, image_std,
+                 tokenizer=None, pad_token: str | None = None, max_length: int = 32):
         self.config = config
         self.sessions = sessions
         self.image_size = int(image_size)
@@ -64,7 +64,6 @@ class OnnxPredictor(BasePredictor):
         self.std = np.array(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
         self.encoder, self.pad_id = None, 0
         if tokenizer is not None:
-            tokenizer, pad_token = tokenizer
             self.pad_id = tokenizer.token_to_id(pad_token)
             self.encoder = batch_encoder(tokenizer, max_length, self.pad_id, pad_token)
 
@@ -79,9 +78,9 @@ class OnnxPredictor(BasePredictor):
             image = processor.get("image_processor", processor)
         except (OSError, ValueError) as err:
             raise MMClassifierError(f"Cannot read {folder / 'processor_config.json'}: {err}") from None
-        tokenizer = _tokenizer(folder) if config.uses_text else None
-        return cls(config, sessions, tokenizer, processor["max_length"], image["image_size"], image["image_mean"],
-                   image["image_std"])
+        tokenizer, pad_token = _tokenizer(folder) if config.uses_text else (None, None)
+        return cls(config, sessions, image["image_size"], image["image_mean"], image["image_std"], tokenizer,
+                   pad_token, processor["max_length"])
 
     def pixel_values(self, images) -> np.ndarray:
         """Photos -> (B, 3, S, S) float32, normalised, as :class:`~mm_classifier.MultiModalImageProcessor` does."""
@@ -126,7 +125,7 @@ def _tokenizer(folder: Path):
     try:
         settings = json.loads((folder / "tokenizer_config.json").read_text())
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    except (OSError, ValueError, Exception) as err:  # tokenizers raises a bare Exception on a bad file
+    except Exception as err:  # tokenizers raises a bare Exception on a bad file; json a ValueError
         raise MMClassifierError(f"Cannot read the caption tokenizer in {folder}: {err}") from None
     pad_token = settings.get("pad_token")
     if isinstance(pad_token, dict):  # an AddedToken written out

@@ -71,7 +71,7 @@ def build_space(model_dir: str | Path, output: str | Path, examples: str | Path 
     Args:
         examples: a folder of example photos (and an optional captions.csv); default: for a model of the built-in
             sample, a few scenes of its test split; none for any other.
-        quantize: ``"int8"`` for smaller graphs (see docs/serving.md for what it costs).
+        quantize: ``"int8"`` for smaller graphs (see docs/app.md for what it costs).
 
     Raises:
         MMClassifierError: no model, no app files (run from a clone of the repository), or an existing non-empty

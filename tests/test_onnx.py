@@ -118,3 +118,7 @@ def test_onnx_backend_errors_are_clear(tmp_path):
         predictor.predict(np.zeros((2, 2, 3), dtype=np.uint8))
     with pytest.raises(MMClassifierError, match="Unknown quantization"):
         export(tmp_path / "model", quantize="int4")
+    graph = tmp_path / "model" / "onnx" / "classifier.onnx"
+    graph.write_bytes(graph.read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.raises(MMClassifierError, match="Cannot load the ONNX graphs"):
+        OnnxPredictor.from_pretrained(tmp_path / "model")
