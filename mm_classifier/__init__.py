@@ -69,25 +69,40 @@ def _register_auto_classes() -> None:
 
 
 class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
-    """Runs :func:`_register_auto_classes` right after transformers' own ``__init__``, wherever it is imported."""
+    """Runs :func:`_register_auto_classes` once transformers is imported and none of this package's modules is
+    halfway through its own import (one of them may be what imports transformers): after the import of
+    transformers, and after each of this package's module imports, whichever completes the condition."""
+
+    def __init__(self):
+        self.importing = 0  # this package's module imports in progress (nested)
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "transformers":
+        if fullname != "transformers" and not fullname.startswith(__name__ + "."):
             return None
-        sys.meta_path.remove(self)  # once; and the search below must not find this finder again
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
+        spec = next((found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
+                     for found in [finder.find_spec(fullname, path, target)] if found is not None), None)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             load = spec.loader.exec_module
 
             def load_then_register(module):
-                load(module)
+                self.importing += 1
                 try:
-                    _register_auto_classes()
-                except ImportError:  # transformers without torch or timm: nothing of ours can load a model
-                    pass
+                    load(module)
+                finally:
+                    self.importing -= 1
+                self.register_when_ready()
 
             spec.loader.exec_module = load_then_register
         return spec
+
+    def register_when_ready(self):
+        if self.importing or "transformers" not in sys.modules or self not in sys.meta_path:
+            return
+        sys.meta_path.remove(self)  # once
+        try:
+            _register_auto_classes()
+        except ImportError:  # transformers without torch or timm: nothing of ours can load a model
+            pass
 
 
 if "transformers" in sys.modules:

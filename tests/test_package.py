@@ -23,3 +23,28 @@ def test_module_commands_run_once_without_runpy_warnings(module):
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
     assert "RuntimeWarning" not in result.stderr
+
+
+@pytest.mark.parametrize("first", [
+    "import mm_classifier; import transformers",  # transformers after the package
+    "import transformers; import mm_classifier",  # before it
+    "import mm_classifier.configuration",  # one of our modules imports transformers, halfway through its own import
+    "import mm_classifier.modeling",
+    "from mm_classifier import MultiModalProcessor",
+])
+def test_the_auto_classes_are_registered_whichever_is_imported_first(first):
+    script = (f"{first}\n"
+              "from transformers import AutoConfig\n"
+              "from transformers.pipelines import PIPELINE_REGISTRY\n"
+              "config = AutoConfig.for_model('mm_classifier')\n"
+              "tasks = PIPELINE_REGISTRY.get_supported_tasks()\n"
+              "print(type(config).__module__, 'multimodal-classification' in tasks)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["mm_classifier.configuration", "True"], run.stderr[-2000:]
+
+
+def test_importing_the_package_loads_no_torch_transformers_or_timm():
+    script = ("import sys, mm_classifier, mm_classifier.onnx_runtime, mm_classifier.serving, mm_classifier.predict\n"
+              "print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "[]", run.stderr[-2000:]
