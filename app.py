@@ -304,16 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(model: str, backend: str) -> BasePredictor:
-    """The model on one thread per prediction: requests run side by side, one core each, and a backend's own
-    threads inside each prediction would compete with the other requests' for the same cores (on a busy machine
-    every prediction several times slower)."""
+    """The served model. Requests run side by side, one core each: a backend's own threads inside each prediction
+    would compete with the other requests' for the same cores (on a busy machine every prediction several times
+    slower), so the ONNX graphs run on one thread each, and main() gives torch one thread once serving starts."""
     if backend == "onnx":
         from mm_classifier.onnx_runtime import OnnxPredictor
 
         return OnnxPredictor.from_pretrained(model, threads=1)
-    import torch
-
-    torch.set_num_threads(1)
     return Predictor.from_pretrained(model)
 
 
@@ -338,6 +335,10 @@ def main(argv=None) -> int:
         print("error: --share needs internet access (a tunnel through Gradio's share servers), and they cannot be "
               "reached. Run without --share to serve locally.", file=sys.stderr)
         return 2
+    if args.backend == "pytorch":
+        import torch
+
+        torch.set_num_threads(1)
     demo = build_demo(predictor, examples, info, label)
     # quiet: Gradio's own hints name its launch() arguments; ours name this script's options.
     _, local_url, share_url = demo.launch(server_name=args.server_name, server_port=args.server_port,
