@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -25,22 +26,22 @@ def test_module_commands_run_once_without_runpy_warnings(module):
     assert "RuntimeWarning" not in result.stderr
 
 
-@pytest.mark.parametrize("first", [
-    "import mm_classifier; import transformers",  # transformers after the package
-    "import transformers; import mm_classifier",  # before it
-    "import mm_classifier.configuration",  # one of our modules imports transformers, halfway through its own import
-    "import mm_classifier.modeling",
-    "from mm_classifier import MultiModalProcessor",
-])
-def test_the_auto_classes_are_registered_whichever_is_imported_first(first):
-    script = (f"{first}\n"
-              "from transformers import AutoConfig\n"
-              "from transformers.pipelines import PIPELINE_REGISTRY\n"
-              "config = AutoConfig.for_model('mm_classifier')\n"
-              "tasks = PIPELINE_REGISTRY.get_supported_tasks()\n"
-              "print(type(config).__module__, 'multimodal-classification' in tasks)\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert run.stdout.split() == ["mm_classifier.configuration", "True"], run.stderr[-2000:]
+def test_the_auto_classes_are_registered_whichever_is_imported_first():
+    check = ("from transformers import AutoConfig\n"
+             "from transformers.pipelines import PIPELINE_REGISTRY\n"
+             "tasks = PIPELINE_REGISTRY.get_supported_tasks()\n"
+             "print(type(AutoConfig.for_model('mm_classifier')).__module__, 'multimodal-classification' in tasks)\n")
+    orders = [
+        "import mm_classifier; import transformers",  # transformers after the package
+        "import transformers; import mm_classifier",  # before it
+        "import mm_classifier.modeling",  # one of our modules imports transformers, halfway through its own import
+    ]
+    runs = [subprocess.Popen([sys.executable, "-c", f"{first}\n{check}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for first in orders]  # side by side: each is mostly the import of torch
+    for first, run in zip(orders, runs, strict=True):
+        out, err = run.communicate(timeout=180)
+        assert out.split() == ["mm_classifier.configuration", "True"], (first, err[-2000:])
 
 
 def test_importing_the_package_loads_no_torch_transformers_or_timm():
