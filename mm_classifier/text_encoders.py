@@ -103,8 +103,10 @@ class BagTextEncoder(nn.Module):
         rows = self.bag(input_ids, attention_mask)  # (B, L)
         weights = self.token_weights[rows].masked_fill(rows == self.pad_token_id, 0)  # (B, L)
         total = weights.sum(dim=1, keepdim=True)  # (B, 1)
-        # The padding rows weigh 0, so padding_idx (which ONNX export cannot write) changes nothing here.
-        summed = nn.functional.embedding_bag(rows, self.embedding.weight, mode="sum", per_sample_weights=weights)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no padding_idx; the padding rows weigh 0: the same sum
+            summed = nn.functional.embedding_bag(rows, self.embedding.weight, mode="sum", per_sample_weights=weights)
+        else:
+            summed = self.embedding(rows, per_sample_weights=weights)  # (B, E)
         pooled = summed / total.clamp(min=1e-6)  # (B, E) weighted mean
         return self.projection(pooled) * (total > 0).to(pooled.dtype)
 
