@@ -138,7 +138,8 @@ def train_stage(stage: str, args, data, accelerator, state: TrainState, stage_di
         **tune_and_score(unwrapped, val, test, pairs["validation"].photo_index.numpy(), data.concepts),
         "best_epoch": state.best_epoch, "epochs_run": state.epoch, "train_seconds": round(state.train_seconds, 1),
         "stage_seconds": round(time.perf_counter() - started, 1), "num_processes": accelerator.num_processes,
-        "train_rows": len(train_rows), "test_pairs": len(test[1]), "unreadable_photos": unreadable,
+        "train_rows": len(train_rows), "test_pairs": len(test[1]), "skipped_rows": data.skipped_rows,
+        "unreadable_photos": unreadable,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -74,11 +74,11 @@ def export(model_dir: str | Path, output: str | Path | None = None, quantize: st
 
     Args:
         output: a new model folder for the ONNX model (its config, processor files, card and ``onnx/``, without
-            the PyTorch weights and code); default: ``model_dir/onnx``.
+            the PyTorch weights and code); default: the graphs go into ``model_dir/onnx/``.
         quantize: ``"int8"``: dynamic int8 quantization of the graphs' weights (onnxruntime's ``quantize_dynamic``).
 
     Raises:
-        MMClassifierError: no model there, an unknown quantization, or an export the runtime cannot reproduce.
+        MMClassifierError: no model there, an unknown quantization, or a model ONNX cannot express.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise MMClassifierError(f"Unknown quantization {quantize!r}: choose {', '.join(QUANTIZATIONS)}.")
@@ -98,9 +98,9 @@ def export(model_dir: str | Path, output: str | Path | None = None, quantize: st
                                   output_names=outputs, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
             except torch.onnx.errors.OnnxExporterError as err:
                 raise MMClassifierError(
-                    f"The {name} part of this model cannot be written as ONNX (opset {OPSET}): {err}. A ViT below its "
-                    "own image size resamples its position embeddings with an operator ONNX lacks. Serve this model "
-                    "with the PyTorch backend."
+                    f"The {name} part of this model cannot be written as ONNX (opset {OPSET}): {err}. (A ViT used "
+                    "below its own image size, for one, resamples its position embeddings with an operator ONNX "
+                    "lacks.) Serve this model with the PyTorch backend."
                 ) from None
     if quantize == "int8":
         _quantize(target, parts)

@@ -16,6 +16,7 @@ import torch
 from .data import SINGLE_LABEL, DataSource, arrow_batches, load_photos, problem_type_of, single_label_pairs, to_pairs
 from .errors import MMClassifierError
 from .labels import load_label_file
+from .photo_rows import counting_skipped
 from .processing import MultiModalProcessor
 from .sample import BUILT_IN
 from .text_models import choose_text_encoder, fit_max_length, max_length_limit
@@ -243,6 +244,7 @@ class TrainingData:
     problem_type: str  # multi_label_classification or single_label_classification (transformers' names)
     report_split: str = "test"
     held_out_photos: int = 0
+    skipped_rows: dict[str, int] = dataclasses.field(default_factory=dict)  # loading skipped these, by kind
 
 
 def load_training_data(
@@ -267,7 +269,8 @@ def load_training_data(
             ``datasets`` work, so that other processes reuse the main process's cache files.
     """
     with main_process_first():
-        photos = load_photos(dataset, seed=split_seed)
+        with counting_skipped() as skipped:
+            photos = load_photos(dataset, seed=split_seed)
         if max_train_samples:
             photos["train"] = photos["train"].select(range(min(max_train_samples, len(photos["train"]))))
         given = "labels" in photos["train"].column_names
@@ -300,5 +303,5 @@ def load_training_data(
         # Given labels are no lexicon's concepts: the model config then records no concept words.
         tokenizer=tokenizer, lexicon=None if given else lexicon, text_encoder=text_encoder, max_length=max_length,
         problem_type=problem_type, report_split=report_split,
-        held_out_photos=held_out,
+        held_out_photos=held_out, skipped_rows=dict(skipped),
     )

@@ -9,6 +9,7 @@ is never held as Python objects.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -47,7 +48,12 @@ BATCH_ROWS = 10_000
 
 
 class DataWarning(UserWarning):
-    """Some rows of a data set were unusable and were skipped (the message counts them)."""
+    """Some rows of a data set were unusable and were skipped (the message counts them; ``skipped``: the counts by
+    kind, e.g. ``{"truncated or corrupt photo": 1}``)."""
+
+    def __init__(self, message: str, skipped: Mapping[str, int] | None = None):
+        super().__init__(message)
+        self.skipped = {kind: count for kind, count in (skipped or {}).items() if count}
 
 
 @dataclass
@@ -250,7 +256,23 @@ def describe_skipped(skipped: Counter) -> str:
 def warn_skipped(source: object, skipped: Counter) -> None:
     # stacklevel 4: the warning points at the caller of load_photos, the line a user can act on.
     if any(skipped.values()):
-        warnings.warn(f"{source}: skipped {describe_skipped(skipped)}.", DataWarning, stacklevel=4)
+        warnings.warn(DataWarning(f"{source}: skipped {describe_skipped(skipped)}.", skipped), stacklevel=4)
+
+
+@contextlib.contextmanager
+def counting_skipped() -> Iterator[Counter]:
+    """Within the block, the rows that loading a data set skips are counted by kind into the Counter it gives (for
+    a run's results); the warnings still show, when the block ends."""
+    counts: Counter = Counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            yield counts
+    finally:  # an error in the block still shows what was skipped before it
+        for warning in caught:
+            if isinstance(warning.message, DataWarning):
+                counts.update(warning.message.skipped)
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 # ---------------------------------------------------------------------------------------------- rows -> photo rows

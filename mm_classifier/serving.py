@@ -210,18 +210,16 @@ def explain(predictor: BasePredictor, photo=None, caption: str | None = None, co
     config = predictor.config
     if concept is not None and concept not in predictor.concepts:
         raise MMClassifierError(f"Unknown concept {concept!r}: the model knows {', '.join(predictor.concepts)}.")
+    cutoffs = thresholds(predictor, threshold)  # a threshold for a single-label model fails here, before any work
     image = load_image(photo) if photo is not None and config.uses_image else None
     caption = caption if config.uses_text else None
     explanation = predictor.explain(image, caption, concepts=concept, max_heatmap_side=EXPLAIN_MAX_SIDE)
     explained = explanation.concepts[0]  # the asked one, or the most probable
     probabilities = explanation.probabilities
-    prediction = Prediction(probabilities, list(explanation.predicted))
-    if threshold is not None and not config.single_label:
-        prediction = Prediction(probabilities, [c for c in sorted(probabilities, key=probabilities.get, reverse=True)
-                                                if probabilities[c] >= threshold])
     ranked = sorted(probabilities, key=probabilities.get, reverse=True)
+    predicted = ranked[:1] if config.single_label else [c for c in ranked if probabilities[c] >= cutoffs[c]]
+    prediction = Prediction(probabilities, predicted)
     shown = ranked[:EXPLAIN_BARS] + ([explained.concept] if explained.concept not in ranked[:EXPLAIN_BARS] else [])
-    cutoffs = thresholds(predictor, threshold)
 
     def probability(row, name):
         return None if row is None else row[name]

@@ -176,9 +176,11 @@ def test_bad_files_never_stop_a_run_and_are_counted_by_kind(tmp_path, monkeypatc
         assert kind in loading, (kind, loading)
     for stage in ("image", "text", "fusion"):
         assert (tmp_path / "out" / stage / "model.safetensors").is_file()
-    photo_stages = [json.loads((tmp_path / "out" / s / "all_results.json").read_text())["unreadable_photos"]
-                    for s in ("image", "fusion")]
-    assert photo_stages == [1, 1]  # the photo deleted after loading, left out where met
+    results = {s: json.loads((tmp_path / "out" / s / "all_results.json").read_text()) for s in ("image", "fusion")}
+    assert [r["unreadable_photos"] for r in results.values()] == [1, 1]  # deleted after loading, left out where met
+    assert results["fusion"]["skipped_rows"] == {"truncated or corrupt photo": 1, "empty photo file": 1,
+                                                 "file that is no image": 1,
+                                                 "photo above the pixel limit (a decompression bomb?)": 1}
     # Nothing good is lost: every good photo, and the odd but valid ones, are in the splits the run used.
     with pytest.warns(DataWarning, match="1 captions for a missing photo"):  # the deleted one, now at loading
         splits = pairs.load_photos(str(tmp_path / "data" / "data.csv"), seed=1)
