@@ -58,6 +58,12 @@ class SavedConfig:
     """A model folder's ``config.json`` read as plain JSON (no transformers), with the few properties of
     :class:`~mm_classifier.MultiModalConfig` that serving reads: a fallback for the ONNX backend."""
 
+    # What a folder written before these fields existed meant (its config.json lacks them).
+    problem_type = "multi_label_classification"
+    text_encoder_type = "lstm"
+    text_model_name = text_model_config = None
+    text_trainable_layers = 0
+
     def __init__(self, values: dict, name_or_path: str = ""):
         self.__dict__.update(values)
         self.name_or_path = name_or_path
@@ -82,7 +88,7 @@ class SavedConfig:
 
     @property
     def single_label(self) -> bool:
-        return getattr(self, "problem_type", None) == SINGLE_LABEL
+        return self.problem_type == SINGLE_LABEL
 
     @property
     def uses_image(self) -> bool:

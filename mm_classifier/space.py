@@ -82,8 +82,8 @@ def build_space(model_dir: str | Path, output: str | Path, examples: str | Path 
     from .serving import describe_model, folder_examples, sample_examples
 
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        raise MMClassifierError(f"{output} exists and is not empty: give a new folder.")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise MMClassifierError(f"{output} exists and is not an empty folder: give a new folder.")
     missing = [name for name in APP_FILES if not (REPOSITORY / name).exists()]
     if missing:
         raise MMClassifierError(f"{', '.join(missing)} not found beside the package in {REPOSITORY}: build the "

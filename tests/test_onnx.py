@@ -122,3 +122,18 @@ def test_onnx_backend_errors_are_clear(tmp_path):
     graph.write_bytes(graph.read_bytes()[:100])  # cut short, as by a full disk
     with pytest.raises(MMClassifierError, match="Cannot load the ONNX graphs"):
         OnnxPredictor.from_pretrained(tmp_path / "model")
+
+
+def test_a_folder_from_before_the_newer_config_fields_exports_and_is_described(tmp_path):
+    from mm_classifier.serving import describe_model, model_description
+
+    save_tiny_model(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    for field in ("problem_type", "text_encoder_type", "text_model_name", "text_model_config", "text_trainable_layers",
+                  "calibration_temperatures", "calibration_biases"):
+        config.pop(field, None)
+    path.write_text(json.dumps(config))
+    predictor = OnnxPredictor.from_pretrained(export(tmp_path / "model"))
+    assert not predictor.config.single_label and len(predictor.predict(photos(2), captions(2))) == 2
+    assert "word-level BiLSTM caption encoder" in model_description(predictor, describe_model(predictor))

@@ -38,7 +38,7 @@ def test_space_folder_holds_the_app_the_onnx_model_and_torch_free_requirements(t
     assert not (space / "outputs" / "fusion" / "model.safetensors").exists()
     assert "sdk: gradio" in (space / "README.md").read_text()
     assert (space / "examples" / "captions.csv").read_text().endswith("scene_00001.png,a dog on the grass\n")
-    with pytest.raises(MMClassifierError, match="not empty"):
+    with pytest.raises(MMClassifierError, match="not an empty folder"):
         build_space(tiny_model, space)
 
 
