@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
-import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,11 +21,9 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
 from .errors import MMClassifierError
 from .photo_rows import (
-    BATCH_ROWS,
     DEFAULT_SPLIT_FRACTIONS,
     PHOTO_FEATURES,
     SPLITS,
@@ -37,11 +33,19 @@ from .photo_rows import (
     caption_photo_rows,
     count_true,
     found_photo_rows,
-    label_list,
     rows_dataset,
-    text_list,
 )
 from .sample import BUILT_IN, built_in_path
+from .table_files import (
+    CAPTION_TABLE_SUFFIXES,
+    caption_columns,
+    find_photos,
+    json_records,
+    json_table,
+    one_file,
+    read_table_file,
+    struct_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,7 @@ SPLIT_FILES = {
     "test": "Flickr_8k.testImages.txt",
 }
 # Your own data: the column names a table, an imagefolder's metadata or a hub data set gets by default.
-IMAGE_COLUMNS = ("image", "file_name")
-CAPTION_COLUMNS = ("text", "caption", "captions")
-LABEL_COLUMNS = ("labels",)
 ID_COLUMNS = ("image_id", "filename", "file_name", "image_filename")
-CAPTION_TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 # Split folder (imagefolder) and split value (Karpathy) names -> our split names.
 SPLIT_NAMES = {
@@ -81,8 +81,8 @@ class DataSource:
     Attributes:
         path: ``"sample"``, a folder or file in a layout of :data:`LAYOUTS`, or a hub data set id.
         image_column, caption_column, label_column: the columns of a table, an imagefolder's metadata or a hub data
-            set that hold the photo, its caption(s) and its labels (default: :data:`IMAGE_COLUMNS`,
-            :data:`CAPTION_COLUMNS`, :data:`LABEL_COLUMNS`, whichever the data has).
+            set that hold the photo, its caption(s) and its labels (default: ``table_files``' ``IMAGE_COLUMNS``,
+            ``CAPTION_COLUMNS``, ``LABEL_COLUMNS``, whichever the data has).
         image_dir: the folder that relative photo paths start from (default: beside the table or JSON file).
     """
 
@@ -293,10 +293,10 @@ def _karpathy_files(path: Path) -> list[Path]:
 
 def _read_karpathy(path: Path, source: DataSource) -> CaptionRows:
     """Karpathy's split JSON: ``images[]`` with ``filename``, optional ``filepath``, ``split``, ``sentences[].raw``."""
-    file = _one_file(_karpathy_files(path), "Karpathy split JSONs")
-    images = _struct_fields(_json_records(_json_table(file), "images", file), ("filename", "split", "sentences"), file)
+    file = one_file(_karpathy_files(path), "Karpathy split JSONs")
+    images = struct_fields(json_records(json_table(file), "images", file), ("filename", "split", "sentences"), file)
     sentences = images["sentences"]
-    raw = _struct_fields(sentences.values, ("raw",), file)["raw"]
+    raw = struct_fields(sentences.values, ("raw",), file)["raw"]
     captions = pa.ListArray.from_arrays(sentences.offsets, raw)
     # A photo lies at filepath/filename or at filename, in one of the usual folders beside the JSON.
     places = [images["filename"]]
@@ -305,7 +305,7 @@ def _read_karpathy(path: Path, source: DataSource) -> CaptionRows:
         places.insert(0, pc.coalesce(joined, images["filename"]))
     roots = [file.parent / folder for folder in KARPATHY_PHOTO_FOLDERS]
     roots = [Path(source.image_dir).expanduser()] if source.image_dir else roots
-    root, paths = _find_photos(roots, places, file)
+    root, paths = find_photos(roots, places, file)
     table = pa.table({"image": paths, "image_id": images["filename"], "captions": captions})
     rows = CaptionRows(file.name, {}, "image", "captions", image_id="image_id")
     split_of = pc.fill_null(images["split"], "")
@@ -331,9 +331,9 @@ def _read_coco(path: Path, source: DataSource) -> CaptionRows:
     ``annotations[]`` (``image_id``, ``caption``); photos in the folder named like the file (``train2017/``)."""
     rows = CaptionRows(path.name, {}, "image", "captions")
     for split, file in _coco_splits(_coco_files(path)).items():
-        parsed = _json_table(file)
-        images = _struct_fields(_json_records(parsed, "images", file), ("id", "file_name"), file)
-        notes = _struct_fields(_json_records(parsed, "annotations", file), ("image_id", "caption"), file)
+        parsed = json_table(file)
+        images = struct_fields(json_records(parsed, "images", file), ("id", "file_name"), file)
+        notes = struct_fields(json_records(parsed, "annotations", file), ("image_id", "caption"), file)
         del parsed
         photo = pc.index_in(notes["image_id"], value_set=images["id"])  # each caption's photo; null: no such photo
         known = pc.is_valid(photo)
@@ -345,7 +345,7 @@ def _read_coco(path: Path, source: DataSource) -> CaptionRows:
         captions = pa.ListArray.from_arrays(offsets, pc.take(pc.filter(notes["caption"], known),
                                                              np.argsort(photo, kind="stable")))
         rows.skipped["photo without captions"] += int((counts == 0).sum())
-        root, paths = _find_photos(_coco_photo_folders(file, source), [images["file_name"]], file)
+        root, paths = find_photos(_coco_photo_folders(file, source), [images["file_name"]], file)
         table = pa.table({"image": paths, "captions": captions}).filter(pa.array(counts > 0))
         rows.splits[split] = rows_dataset(table, file, source, root)
         rows.image_roots[split] = root
@@ -403,10 +403,10 @@ def _read_imagefolder(path: Path, source: DataSource) -> CaptionRows:
         logger.info("datasets could not read %s (%s); reading its metadata line by line", path, err)
         rows = CaptionRows(path.name, {}, "image", "captions", image_roots=roots)
         for split, file in files.items():
-            rows.splits[split] = rows_dataset(_read_table_file(file, source, rows.skipped), file, source)
+            rows.splits[split] = rows_dataset(read_table_file(file, source, rows.skipped), file, source)
         rows.labels = "labels" if "labels" in next(iter(rows.splits.values())).column_names else None
         return rows
-    columns = _caption_columns(next(iter(loaded.values())).column_names, source, f"The metadata of {path}", "image")
+    columns = caption_columns(next(iter(loaded.values())).column_names, source, f"The metadata of {path}", "image")
     return CaptionRows(path.name, dict(loaded), "image", columns.captions, columns.labels, image_roots=roots)
 
 
@@ -421,10 +421,10 @@ def _caption_table_files(path: Path) -> list[Path]:
 def _read_caption_table(path: Path, source: DataSource) -> CaptionRows:
     """A CSV/TSV or JSON Lines table: a row per photo (or per caption) with the photo's path (relative to the table,
     or to ``image_dir``), its caption(s) and optionally its labels."""
-    file = _one_file(_caption_table_files(path), "tables")
+    file = one_file(_caption_table_files(path), "tables")
     root = Path(source.image_dir).expanduser() if source.image_dir else file.parent
     skipped: Counter = Counter()
-    table = _read_table_file(file, source, skipped)
+    table = read_table_file(file, source, skipped)
     labels = "labels" if "labels" in table.column_names else None
     return CaptionRows(file.name, {"train": rows_dataset(table, file, source)}, "image", "captions", labels,
                        image_roots={"train": root}, skipped=skipped)
@@ -448,134 +448,6 @@ LAYOUTS: tuple[Layout, ...] = (
 )
 
 
-# ---------------------------------------------------------------------------------------------- reading files
-
-
-def _one_file(files: list[Path], what: str) -> Path:
-    if len(files) > 1:
-        raise MMClassifierError(f"Found several {what}: {', '.join(map(str, files))}. Pass the one to use as "
-                                "--dataset FILE.")
-    return files[0]
-
-
-def _json_table(file: Path) -> pa.Table:
-    """A JSON file (one object, pretty-printed or not) parsed by Arrow into columns, not a Python object a record."""
-    options = pa_json.ReadOptions(block_size=max(file.stat().st_size + 1, 1 << 20))
-    try:
-        parse = pa_json.ParseOptions(newlines_in_values=True)  # pretty-printed files too
-        return pa_json.read_json(file, read_options=options, parse_options=parse)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise MMClassifierError(f"{file} is not a JSON file that can be read: {err}") from None
-
-
-def _json_records(table: pa.Table, key: str, file: Path) -> pa.StructArray:
-    """The records of the list under top-level ``key``."""
-    kind = table.schema.field(key).type if key in table.column_names else None
-    if kind is None or not pa.types.is_list(kind) or not pa.types.is_struct(kind.value_type):
-        raise MMClassifierError(f"{file} has no list of records under {key!r}.")
-    return table.column(key).combine_chunks().flatten()
-
-
-def _struct_fields(records: pa.StructArray, required: Sequence[str], file: Path) -> dict[str, pa.Array]:
-    fields = {records.type.field(i).name: column for i, column in enumerate(records.flatten())}
-    missing = [name for name in required if name not in fields]
-    if missing:
-        raise MMClassifierError(f"{file}: the records have no {', '.join(missing)} (they have {sorted(fields)}).")
-    return fields
-
-
-def _find_photos(roots: Sequence[Path], places: Sequence[pa.Array], file: Path) -> tuple[Path, pa.Array]:
-    """The first folder (and way of naming photos) under which some of the first photos exist."""
-    for root in roots:
-        for paths in places:
-            if any(p and (root / p).is_file() for p in paths.slice(0, 50).to_pylist()):
-                return root, paths
-    first = places[0][0].as_py() if len(places[0]) else None
-    raise MMClassifierError(f"No photo of {file.name} found (the first is {first!r}): looked in "
-                            f"{', '.join(map(str, roots))}. Pass the photo folder with --image-dir.")
-
-
-def _read_table_file(file: Path, source: DataSource, skipped: Counter) -> pa.Table:
-    """A CSV/TSV or JSON Lines table -> columns ``image`` (path), ``captions`` and ``labels`` (when it has them),
-    built a chunk of rows at a time; malformed lines are counted in ``skipped``."""
-    delimiter = CAPTION_TABLE_SUFFIXES.get(file.suffix.lower(), ",")
-    records = _json_lines(file, skipped) if file.suffix.lower() == ".jsonl" else _csv_records(file, delimiter, skipped)
-    first = next(records, None)
-    if first is None:
-        raise MMClassifierError(f"{file} has no rows.")
-    columns = _caption_columns(list(first), source, str(file))
-    schema = pa.schema([("image", pa.string()), ("captions", pa.list_(pa.string()))]
-                       + ([("labels", pa.list_(pa.string()))] if columns.labels else []))
-    batches = []
-    for chunk in _chunks(itertools.chain([first], records), BATCH_ROWS):
-        data = {"image": [_text_or_none(r.get(columns.image)) for r in chunk],
-                "captions": [text_list(r.get(columns.captions)) for r in chunk]}
-        if columns.labels:
-            data["labels"] = [label_list(r.get(columns.labels)) for r in chunk]
-        batches.append(pa.RecordBatch.from_pydict(data, schema=schema))
-    return pa.Table.from_batches(batches, schema=schema)
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _csv_records(file: Path, delimiter: str, skipped: Counter) -> Iterator[dict]:
-    with open(file, encoding="utf-8", errors="replace", newline="") as f:
-        for row in csv.DictReader(f, delimiter=delimiter):
-            if None in row or None in row.values():  # more fields than the header, or fewer
-                skipped["malformed line"] += 1
-                continue
-            yield row
-
-
-def _json_lines(file: Path, skipped: Counter) -> Iterator[dict]:
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                skipped["malformed line"] += 1
-                continue
-            yield record
-
-
-class _Columns(NamedTuple):
-    image: str
-    captions: str
-    labels: str | None
-
-
-def _caption_columns(names: Sequence[str], source: DataSource, where: str, image: str | None = None) -> _Columns:
-    """The photo, caption and label columns: those the options name, else the first default the data has."""
-
-    def pick(option: str | None, defaults: Sequence[str], flag: str) -> str | None:
-        if option and option not in names:
-            raise MMClassifierError(f"{where} has no column {option!r} ({flag}); its columns are {list(names)}.")
-        return option or next((name for name in defaults if name in names), None)
-
-    image = image or pick(source.image_column, IMAGE_COLUMNS, "--image-column")
-    captions = pick(source.caption_column, CAPTION_COLUMNS, "--caption-column")
-    labels = pick(source.label_column, LABEL_COLUMNS, "--label-column")
-    for found, defaults, flag in ((image, IMAGE_COLUMNS, "--image-column"), (captions, CAPTION_COLUMNS,
-                                                                            "--caption-column")):
-        if found is None:
-            raise MMClassifierError(f"{where} has columns {list(names)}, none of them {' or '.join(defaults)}; name "
-                                    f"the right one with {flag}.")
-    return _Columns(image, captions, labels)
-
-
-def _text_or_none(value) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
-
 # ---------------------------------------------------------------------------------------------- hub
 
 
@@ -586,7 +458,7 @@ def _read_hub(name: str, source: DataSource) -> datasets.DatasetDict | CaptionRo
     names = next(iter(loaded.values())).column_names
     if not source.given_options() and "image" in names and any(c.startswith("caption_") for c in names):
         return _load_hub(name, loaded)
-    columns = _caption_columns(names, source, f"Data set {name!r}")
+    columns = caption_columns(names, source, f"Data set {name!r}")
     id_column = next((c for c in ID_COLUMNS if c in names and c not in columns), None)
     splits: dict[str, datasets.Dataset] = {}
     for split, ds in loaded.items():
