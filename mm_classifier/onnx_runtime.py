@@ -59,6 +59,7 @@ class OnnxPredictor(BasePredictor):
                  tokenizer=None, pad_token: str | None = None, max_length: int = 32):
         self.config = config
         self.sessions = sessions
+        self.classifier_inputs = [node.name for node in sessions["classifier"].get_inputs()]
         self.image_size = int(image_size)
         self.mean = np.array(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.array(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -111,7 +112,7 @@ class OnnxPredictor(BasePredictor):
                                     "captions; give one caption per image.")
         batch = len(next(iter(embeds.values())))
         feeds = {}
-        for name in (node.name for node in self.sessions["classifier"].get_inputs()):
+        for name in self.classifier_inputs:
             # A fusion model reads a missing photo or caption as a zero embedding, as the PyTorch model does.
             width = self.config.image_embed_dim if name == "image_embeds" else self.config.text_embed_dim
             feeds[name] = embeds.get(name, np.zeros((batch, width), dtype=np.float32))
