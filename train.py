@@ -49,7 +49,8 @@ def build_model(stage: str, args, data, previous: dict) -> tuple[MultiModalClass
     if args.class_weights == "auto":
         weights = loss_weights(data.splits["train"].pairs.labels, data.concepts, data.problem_type == SINGLE_LABEL)
     model = MultiModalClassifier(model_config(stage, args, data.concepts, len(tokenizer), tokenizer.pad_token_id,
-                                              data.max_length, data.lexicon, data.problem_type, weights))
+                                              data.max_length, data.lexicon, data.problem_type, weights,
+                                              train_pairs=len(data.splits["train"].pairs)))
     reuse_image = stage == "fusion" and "image" in previous
     if reuse_image:
         model.image_encoder.load_state_dict(previous["image"].image_encoder.state_dict())

@@ -11,6 +11,7 @@ MODALITIES = ("fusion", "image", "text")
 # captions; "transformers" is a pretrained transformers encoder whose configuration ``text_model_config`` holds.
 TEXT_ENCODER_TYPES = ("lstm", "bag", "transformers")
 TEXT_POOLINGS = ("mean", "pooler")
+BAG_POOLINGS = ("tfidf", "mean")
 # transformers' names. Multi-label: a sigmoid per concept, each decided by its threshold; single-label: a softmax over
 # the classes, the most probable one predicted.
 PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
@@ -47,8 +48,8 @@ class MultiModalConfig(PreTrainedConfig):
             image's (flipped left to right): test-time augmentation, at twice the image encoder's cost.
         image_embed_dim: size of the image embedding after the projection on the pooled backbone features.
         text_encoder_type: how captions are encoded: ``"lstm"`` (word embeddings and a BiLSTM, learnt from
-            scratch), ``"bag"`` (the mean of word and hashed word-bigram embeddings over the whole text, fastText-
-            style, learnt from scratch) or ``"transformers"`` (a pretrained transformers encoder). (Not named
+            scratch), ``"bag"`` (a bag of words and hashed word bigrams over the whole text, fastText-style, learnt
+            from scratch; see ``bag_pooling``) or ``"transformers"`` (a pretrained transformers encoder). (Not named
             ``text_encoder``: transformers reads that name, and ``text_config``, as a composite model's sub-config.)
         text_model_config: the transformers encoder's own configuration (``config.to_dict()``), so a saved folder
             rebuilds it without a download; its weights are part of ``model.safetensors``.
@@ -63,7 +64,15 @@ class MultiModalConfig(PreTrainedConfig):
         word_embed_dim: the lstm's and the bag's word embeddings.
         lstm_hidden_size, lstm_num_layers, lstm_bidirectional: the lstm encoder.
         bag_buckets: hash buckets for the bag's word bigrams (each bucket one embedding).
-        text_embed_dim: size of the text embedding after the projection of the pooled caption vector.
+        bag_pooling: what the bag computes: ``"tfidf"`` (the text's TF-IDF vector, L2-normalised, times a table
+            with one column per concept: a linear model of the text, as a TF-IDF logistic regression is; its
+            scores are the text embedding) or ``"mean"`` (the IDF-weighted mean of ``word_embed_dim``-wide
+            embeddings, then a projection to ``text_embed_dim``: the first bag, which folders saved before
+            2026-12-07 hold).
+        bag_l2: the L2 penalty on the bag's table in the training loss (a coefficient times the sum of its squared
+            weights). Training sets it from the data, as strong as a logistic regression's with C = 4.
+        text_embed_dim: size of the text embedding after the projection of the pooled caption vector (a
+            ``"tfidf"`` bag's has one score per concept instead).
         fusion_type: how a fusion model combines the two embeddings: a key of ``mm_classifier.fusion.FUSION_TYPES``
             (``"concat"``: concatenation; ``"gated"``: a gated multimodal unit).
         fusion_hidden_sizes: hidden layer sizes of the classifier head on the fused (or single) embedding.
@@ -112,6 +121,8 @@ class MultiModalConfig(PreTrainedConfig):
     lstm_num_layers: int = 1
     lstm_bidirectional: bool = True
     bag_buckets: int = 50000
+    bag_pooling: str = "tfidf"
+    bag_l2: float = 0.0
     text_embed_dim: int = 256
     fusion_type: str = "concat"
     fusion_hidden_sizes: list[int] | tuple[int, ...] = (256,)
@@ -179,6 +190,10 @@ class MultiModalConfig(PreTrainedConfig):
             fail("text_model_config", self.text_model_config, "a transformers configuration as a dict (model_type)")
         if self.text_pooling not in TEXT_POOLINGS:
             fail("text_pooling", self.text_pooling, f"one of {TEXT_POOLINGS}")
+        if self.bag_pooling not in BAG_POOLINGS:
+            fail("bag_pooling", self.bag_pooling, f"one of {BAG_POOLINGS}")
+        if isinstance(self.bag_l2, bool) or not isinstance(self.bag_l2, (int, float)) or self.bag_l2 < 0:
+            fail("bag_l2", self.bag_l2, "a penalty, 0 or more")
         trainable = self.text_trainable_layers
         if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
             fail("text_trainable_layers", trainable, "a layer count, 0 or more")
@@ -221,6 +236,23 @@ class MultiModalConfig(PreTrainedConfig):
             fail("min_votes", self.min_votes, "a positive integer")
         if len(set(self.id2label.values())) != len(self.id2label):
             fail("id2label", self.id2label, "unique concept names")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # A bag saved before bag_pooling existed is the first one, the mean of embeddings.
+        if config_dict.get("text_encoder_type") == "bag" and "bag_pooling" not in config_dict:
+            config_dict = {**config_dict, "bag_pooling": "mean"}
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def linear_bag(self) -> bool:
+        """The text encoder is a ``"tfidf"`` bag: a linear model whose concept scores are the text embedding."""
+        return self.text_encoder_type == "bag" and self.bag_pooling == "tfidf"
+
+    @property
+    def text_output_dim(self) -> int:
+        """The width of the text embedding: ``text_embed_dim``, or a ``"tfidf"`` bag's one score per concept."""
+        return self.num_labels if self.linear_bag else self.text_embed_dim
 
     @property
     def concepts(self) -> list[str]:

@@ -53,7 +53,7 @@ class _TextPart(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        return self.model.encode_text(input_ids, attention_mask)  # (B, text_embed_dim)
+        return self.model.encode_text(input_ids, attention_mask)  # (B, text_output_dim)
 
 
 class _ClassifierPart(nn.Module):
@@ -123,7 +123,7 @@ def _parts(predictor: Predictor) -> dict[str, tuple[nn.Module, tuple, list[str],
         parts["text"] = (_TextPart(model), (tokens["input_ids"], tokens["attention_mask"]),
                          ["input_ids", "attention_mask"], ["text_embeds"])
     classifier = _ClassifierPart(model)
-    embeds = tuple(torch.zeros(2, config.image_embed_dim if name == "image_embeds" else config.text_embed_dim)
+    embeds = tuple(torch.zeros(2, config.image_embed_dim if name == "image_embeds" else config.text_output_dim)
                    for name in classifier.inputs)
     parts["classifier"] = (classifier, embeds, classifier.inputs, ["logits", "probabilities"])
     return parts

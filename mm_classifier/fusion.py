@@ -1,6 +1,6 @@
 """Fusion modules: how a photo's and a caption's embeddings become one vector for the classifier head.
 
-Each module takes ``(B, image_embed_dim)`` and ``(B, text_embed_dim)`` embeddings (zeros for a missing
+Each module takes ``(B, image_embed_dim)`` and ``(B, text_output_dim)`` embeddings (zeros for a missing
 modality) and returns ``(B, output_dim)``. ``config.fusion_type`` picks one from :data:`FUSION_TYPES`; adding a
 method is one class here and one entry in that table.
 """
@@ -60,11 +60,13 @@ def build_fusion(config: MultiModalConfig) -> nn.Module:
         raise ValueError(
             f"MultiModalConfig.fusion_type = {config.fusion_type!r} is invalid: expected one of {sorted(FUSION_TYPES)}."
         )
-    return FUSION_TYPES[config.fusion_type](config.image_embed_dim, config.text_embed_dim)
+    return FUSION_TYPES[config.fusion_type](config.image_embed_dim, config.text_output_dim)
 
 
 def describe(config: MultiModalConfig) -> str:
     """How a model of this config combines photo and caption, in words (for model cards and the app)."""
+    if config.modality == "text" and config.linear_bag:
+        return "text only: a linear model of the text's TF-IDF vector (the bag's concept scores plus intercepts)"
     if config.modality != "fusion":
         return f"{config.modality} only: fully connected layers on the {config.modality} embedding"
     return FUSION_TYPES[config.fusion_type].description

@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 from .configuration import MultiModalConfig
 from .errors import MMClassifierError
 from .fusion import build_fusion
-from .text_encoders import TEXT_ENCODERS
+from .text_encoders import TEXT_ENCODERS, BagTextEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +250,19 @@ def _feature_stages(backbone: nn.Module) -> tuple[list[str], bool]:
     return [f"{sequence}.{i}" for i in range(len(backbone.get_submodule(sequence)))], True
 
 
+class ConceptBias(nn.Module):
+    """A text-only ``"tfidf"`` bag's classifier: each concept's score plus its intercept, learnt at the bag's rate."""
+
+    LEARNING_RATE_SCALES = {"bias": BagTextEncoder.LEARNING_RATE_SCALES["embedding."]}
+
+    def __init__(self, num_labels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_labels))
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores + self.bias
+
+
 class MultiModalClassifier(PreTrainedModel):
     """Multi-label concept classifier on a photo, a caption, or both.
 
@@ -270,12 +283,16 @@ class MultiModalClassifier(PreTrainedModel):
         if self.fusion is not None:
             in_features = self.fusion.output_dim
         else:
-            in_features = config.image_embed_dim if config.uses_image else config.text_embed_dim
+            in_features = config.image_embed_dim if config.uses_image else config.text_output_dim
         layers: list[nn.Module] = []
         for hidden in config.fusion_hidden_sizes:
             layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
             in_features = hidden
         layers.append(nn.Linear(in_features, config.num_labels))
+        if config.modality == "text" and config.linear_bag:
+            # A "tfidf" bag's scores are a linear model's logits but for their intercepts: hidden layers, even
+            # one linear layer mixing the concepts, only overfit (docs/experiments.md).
+            layers = [ConceptBias(config.num_labels)]
         self.classifier = nn.Sequential(*layers)
         self.frozen_encoders: set[str] = set()  # training-time only; see freeze_encoders
         self.post_init()
@@ -298,7 +315,7 @@ class MultiModalClassifier(PreTrainedModel):
 
     def encode_text(self, input_ids=None, attention_mask=None, caption_features=None) -> torch.Tensor:
         """(B, T) token ids, or a transformers encoder's cached ``caption_features`` (B, hidden), ->
-        (B, text_embed_dim)."""
+        (B, text_output_dim)."""
         if self.text_encoder is None:
             raise MMClassifierError(f"This is a {self.config.modality}-only model: it has no text encoder.")
         if caption_features is not None:
@@ -321,7 +338,7 @@ class MultiModalClassifier(PreTrainedModel):
     def _zeros(self, other: torch.Tensor | None, modality: str) -> torch.Tensor:
         if other is None:
             raise MMClassifierError("Give a photo, a caption, or both: the model got neither.")
-        size = self.config.image_embed_dim if modality == "image" else self.config.text_embed_dim
+        size = self.config.image_embed_dim if modality == "image" else self.config.text_output_dim
         return other.new_zeros(other.shape[0], size)
 
     # -------------------------------------------------------------------------------- forward
@@ -379,6 +396,8 @@ class MultiModalClassifier(PreTrainedModel):
         logits = self.classify(image_embeds, text_embeds)  # (B, C)
 
         loss = None if labels is None else self.loss(logits, labels)
+        if loss is not None and self.training and isinstance(self.text_encoder, BagTextEncoder):
+            loss = loss + self.text_encoder.penalty()
         return MultiModalOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

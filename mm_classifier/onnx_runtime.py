@@ -59,7 +59,8 @@ class OnnxPredictor(BasePredictor):
                  tokenizer=None, pad_token: str | None = None, max_length: int = 32):
         self.config = config
         self.sessions = sessions
-        self.classifier_inputs = [node.name for node in sessions["classifier"].get_inputs()]
+        # The classifier graph's embedding inputs and their widths (batch is its one dynamic axis).
+        self.classifier_inputs = {node.name: node.shape[1] for node in sessions["classifier"].get_inputs()}
         self.image_size = int(image_size)
         self.mean = np.array(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
         self.std = np.array(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -112,9 +113,8 @@ class OnnxPredictor(BasePredictor):
                                     "captions; give one caption per image.")
         batch = len(next(iter(embeds.values())))
         feeds = {}
-        for name in self.classifier_inputs:
+        for name, width in self.classifier_inputs.items():
             # A fusion model reads a missing photo or caption as a zero embedding, as the PyTorch model does.
-            width = self.config.image_embed_dim if name == "image_embeds" else self.config.text_embed_dim
             feeds[name] = embeds.get(name, np.zeros((batch, width), dtype=np.float32))
         return self.sessions["classifier"].run(["logits", "probabilities"], feeds)
 

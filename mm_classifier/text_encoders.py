@@ -1,5 +1,6 @@
 """The caption encoders, chosen by ``config.text_encoder_type``: the lstm and the bag, learnt from scratch on a word
-vocabulary, and a pretrained transformers encoder; each ends in a projection to ``(B, text_embed_dim)``."""
+vocabulary, and a pretrained transformers encoder; each returns ``(B, config.text_output_dim)``: a projection to
+``text_embed_dim``, or a ``"tfidf"`` bag's concept scores."""
 
 from __future__ import annotations
 
@@ -52,27 +53,43 @@ class TextEncoder(nn.Module):
 
 
 class BagTextEncoder(nn.Module):
-    """``text_encoder_type="bag"``: the weighted mean of the embeddings of a text's words and word bigrams
-    (fastText-style), over the whole text, -> projection. Learnt from scratch; word order beyond neighbours is
-    ignored, which costs little on descriptions and makes a long text as cheap as a short one.
+    """``text_encoder_type="bag"``: a bag of a text's words and word bigrams (fastText-style), over the whole text.
+    Learnt from scratch; word order beyond neighbours is ignored, which costs little on descriptions and makes a
+    long text as cheap as a short one.
 
-    A bigram's embedding is one of ``bag_buckets`` rows chosen by hashing the two word ids, so the table's size
-    does not grow with the data. Each row has a weight, 1 until :meth:`fit_token_weights` sets the inverse
-    document frequencies of the training texts (TF-IDF's weighting: a word that every text has says little).
+    A bigram is one of ``bag_buckets`` rows chosen by hashing the two word ids, so the table's size does not grow
+    with the data. Each row has a weight, 1 until :meth:`fit_token_weights` sets the inverse document frequencies
+    of the training texts (TF-IDF's weighting: a word that every text has says little).
+
+    ``bag_pooling="tfidf"`` (the default): the text's TF-IDF vector (its tokens' weights, divided by their L2 norm,
+    in which each occurrence of a repeated word counts as a term of its own) times a table with one column per concept:
+    a linear model of the text, trained under the L2 penalty ``bag_l2`` (:meth:`penalty`), as a TF-IDF
+    logistic regression is. Its concept scores are the text embedding; a text-only model adds an intercept per
+    concept. ``"mean"``: the first bag, the IDF-weighted mean of embeddings, then a projection (older folders).
     """
 
     HASH_MULTIPLIER = 1_000_003  # a prime: (first * p + second) spreads the id pairs over the buckets
-    # Each row of the table is updated only by the texts that hold it, with a 1/length share of their gradient:
-    # it learns at 100 times the model's rate, the projection at 10 times (docs/experiments.md).
-    LEARNING_RATE_SCALES = {"embedding.": 100.0, "projection.": 10.0}
+    # The linear table learns at 30 times the model's rate (3e-2 at the default 1e-3), as a regression on TF-IDF
+    # features does best under Adam (docs/experiments.md). The first bag's rows learnt at 100 times, its
+    # projection at 10 times.
+    LEARNING_RATE_SCALES = {"embedding.": 100.0}
+    MEAN_LEARNING_RATE_SCALES = {"embedding.": 100.0, "projection.": 10.0}
 
     def __init__(self, config: MultiModalConfig):
         super().__init__()
         self.vocab_size, self.buckets, self.pad_token_id = config.vocab_size, config.bag_buckets, config.pad_token_id
+        self.pooling, self.l2 = config.bag_pooling, config.bag_l2
         rows = config.vocab_size + config.bag_buckets  # the words, then the bigram buckets
-        self.embedding = nn.EmbeddingBag(rows, config.word_embed_dim, mode="sum", padding_idx=config.pad_token_id)
         self.register_buffer("token_weights", torch.ones(rows))
-        self.projection = _projection(config.word_embed_dim, config)
+        if self.pooling == "mean":
+            self.embedding = nn.EmbeddingBag(rows, config.word_embed_dim, mode="sum", padding_idx=config.pad_token_id)
+            self.projection = _projection(config.word_embed_dim, config)
+            self.LEARNING_RATE_SCALES = self.MEAN_LEARNING_RATE_SCALES
+        else:
+            self.embedding = nn.EmbeddingBag(rows, config.text_output_dim, mode="sum", padding_idx=config.pad_token_id)
+            with torch.no_grad():  # a regression starts near zero (the padding row stays 0)
+                self.embedding.weight.normal_(0, 0.01)[config.pad_token_id] = 0
+            self.projection = nn.Identity()
 
     def bag(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) word ids -> (B, 2T - 1) rows of the embedding table: the words, then the bigrams (pad: none)."""
@@ -98,16 +115,25 @@ class BagTextEncoder(nn.Module):
         idf = torch.log((1 + len(input_ids)) / (1 + counts.double())) + 1
         self.token_weights.copy_(idf.to(self.token_weights))
 
+    def penalty(self) -> torch.Tensor | float:
+        """``bag_l2`` times the sum of the table's squared weights, for the training loss (0 while frozen)."""
+        if not self.l2 or not self.embedding.weight.requires_grad:
+            return 0.0
+        return self.l2 * self.embedding.weight.square().sum()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) word ids and mask -> (B, text_embed_dim); an empty caption gives a zero embedding."""
+        """(B, T) word ids and mask -> (B, text_output_dim); an empty caption gives a zero embedding."""
         rows = self.bag(input_ids, attention_mask)  # (B, L)
         weights = self.token_weights[rows].masked_fill(rows == self.pad_token_id, 0)  # (B, L)
-        total = weights.sum(dim=1, keepdim=True)  # (B, 1)
+        if self.pooling == "mean":
+            total = weights.sum(dim=1, keepdim=True)  # (B, 1): the weighted mean's denominator
+        else:
+            total = weights.square().sum(dim=1, keepdim=True).sqrt()  # (B, 1): the TF-IDF vector's L2 norm
         if torch.onnx.is_in_onnx_export():  # ONNX has no padding_idx; the padding rows weigh 0: the same sum
             summed = nn.functional.embedding_bag(rows, self.embedding.weight, mode="sum", per_sample_weights=weights)
         else:
             summed = self.embedding(rows, per_sample_weights=weights)  # (B, E)
-        pooled = summed / total.clamp(min=1e-6)  # (B, E) weighted mean
+        pooled = summed / total.clamp(min=1e-6)  # (B, E)
         return self.projection(pooled) * (total > 0).to(pooled.dtype)
 
 

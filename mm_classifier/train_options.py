@@ -178,10 +178,17 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def model_config(stage: str, args, concepts: list[str], vocab_size: int, pad_token_id: int, max_length: int,
-                 lexicon=None, problem_type: str | None = None, loss_weights: list[float] | None = None):
+                 lexicon=None, problem_type: str | None = None, loss_weights: list[float] | None = None,
+                 train_pairs: int = 1):
     """The stage's config. ``loss_weights``: ``--class-weights``' per-concept weights (positives' weights for a
-    multi-label model, classes' for a single-label one)."""
+    multi-label model, classes' for a single-label one). ``train_pairs``: how many pairs the bag's L2 penalty
+    is spread over: it is the TF-IDF baseline's, ``1 / (2 C)`` times the sum of squared weights against the
+    sum of the pairs' losses (C = ``baselines.INVERSE_REGULARISATION``), here against their mean loss (over
+    the concepts too, for a multi-label model's BCE)."""
+    from .baselines import INVERSE_REGULARISATION
+
     single_label = problem_type == "single_label_classification"
+    loss_terms = train_pairs * (1 if single_label else len(concepts))
     return MultiModalConfig(
         modality=stage,
         backbone=args.backbone,
@@ -197,6 +204,7 @@ def model_config(stage: str, args, concepts: list[str], vocab_size: int, pad_tok
         text_model_name=None if args.text_model_config is None else args.text_encoder,
         text_pooling=args.text_pooling,
         text_trainable_layers=args.text_trainable_layers,
+        bag_l2=1 / (2 * INVERSE_REGULARISATION * max(1, loss_terms)),
         vocab_size=vocab_size,
         pad_token_id=pad_token_id,
         max_length=max_length,

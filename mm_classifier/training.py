@@ -193,13 +193,13 @@ def dataloaders(train: PairTable, validation: PairTable, test: PairTable, batch_
 def optimizer_and_schedule(model, learning_rate: float, weight_decay: float, steps_per_epoch: int, epochs: int):
     """AdamW on the trainable parameters, with half an epoch of warm-up (at least one step) and cosine decay.
 
-    A part of the model may scale ``learning_rate`` for its own parameters: a module class's
-    ``LEARNING_RATE_SCALES`` maps a parameter name prefix (within the module) to a factor (the bag's embedding table
-    learns 100 times faster, a pretrained encoder's layers fine-tune 30 times slower).
+    A part of the model may scale ``learning_rate`` for its own parameters: a module's ``LEARNING_RATE_SCALES``
+    maps a parameter name prefix (within the module) to a factor (the bag's table learns 30 times faster, a
+    pretrained encoder's layers fine-tune 30 times slower).
     """
     scales = {}
     for module_name, module in model.named_modules():
-        for prefix, scale in getattr(type(module), "LEARNING_RATE_SCALES", {}).items():
+        for prefix, scale in getattr(module, "LEARNING_RATE_SCALES", {}).items():
             scales[f"{module_name}.{prefix}" if module_name else prefix] = scale
     groups: dict[float, list] = {}
     for name, parameter in model.named_parameters():

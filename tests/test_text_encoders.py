@@ -124,6 +124,9 @@ def test_three_stages_train_save_and_reload_with_each_encoder(encoder, tiny_fold
         config = json.loads((tmp_path / stage / "config.json").read_text())
         assert config["text_encoder_type"] == ("transformers" if encoder == "bert" else "bag")
         assert config["max_length"] >= DEFAULT_MAX_LENGTH
+        if encoder == "bag":  # the TF-IDF baseline's regularisation, 1 / (2 C) against the pairs' summed BCE
+            pairs = json.loads((tmp_path / "text" / "all_results.json").read_text())["train_rows"]
+            assert config["bag_l2"] == pytest.approx(1 / (2 * 4.0 * pairs * len(config["id2label"])))
         predictor = Predictor.from_pretrained(tmp_path / stage)
         model = MultiModalClassifier.from_pretrained(tmp_path / stage).eval()
         batch = predictor.processor(text=CAPTIONS)
@@ -158,15 +161,64 @@ def test_bag_weights_words_by_their_inverse_document_frequency():
     assert model.text_encoder.token_weights[vocab["a"]] < model.text_encoder.token_weights[vocab["dusk"]]
 
 
+def test_the_bag_is_a_linear_model_of_the_text_s_l2_normalised_tf_idf_vector():
+    model, processor = text_model("bag")
+    tokens = processor.tokenize([c for c in CAPTIONS if c])
+    encoder = model.text_encoder.eval()
+    encoder.fit_token_weights(tokens["input_ids"], tokens["attention_mask"])
+    assert encoder.embedding.weight.shape == (encoder.vocab_size + encoder.buckets, len(CONCEPTS))
+    rows = encoder.bag(tokens["input_ids"], tokens["attention_mask"])
+    weights = encoder.token_weights[rows] * (rows != encoder.pad_token_id)
+    expected = (weights[..., None] * encoder.embedding.weight[rows]).sum(1) / weights.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(model.encode_text(**tokens), expected)
+    # Text-only, the logits are those scores plus an intercept per concept: nothing else to overfit.
+    scores = torch.randn(2, len(CONCEPTS))
+    torch.testing.assert_close(model.classify(text_embeds=scores), scores + model.classifier[0].bias)
+    assert sum(p.numel() for p in model.classifier.parameters()) == len(CONCEPTS)
+
+
+def test_the_bag_trains_under_its_l2_penalty_only_while_it_learns():
+    model, processor = text_model("bag", bag_l2=0.01)
+    batch, labels = processor(text=CAPTIONS), torch.ones(len(CAPTIONS), 3)
+    penalty = 0.01 * model.text_encoder.embedding.weight.square().sum()
+    model.train()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(model(**batch).logits, labels)
+    torch.testing.assert_close(model(**batch, labels=labels).loss, bce + penalty)
+    model.eval()
+    torch.testing.assert_close(model(**batch, labels=labels).loss, bce)  # validation loss: no penalty
+    model.train()
+    model.freeze_encoders(text=True)
+    assert model.text_encoder.penalty() == 0.0
+
+
+def test_a_bag_saved_before_the_linear_bag_loads_as_it_was(tmp_path):
+    model, processor = text_model("bag", bag_pooling="mean")
+    model.eval().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["bag_pooling"], config["bag_l2"]  # as a folder of 2026-12-06 has it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = MultiModalClassifier.from_pretrained(tmp_path).eval()
+    assert reloaded.config.bag_pooling == "mean"
+    batch = processor(text=CAPTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)
+    assert MultiModalConfig(text_encoder_type="bag").bag_pooling == "tfidf"  # a new config: the linear bag
+
+
 def test_encoders_scale_the_learning_rate_of_their_own_parameters(tiny_bert):
     from mm_classifier.training import optimizer_and_schedule
 
-    bag, _ = text_model("bag")
+    bag, _ = text_model("bag")  # the linear bag: its table and the text-only model's intercepts
     optimizer, _ = optimizer_and_schedule(bag, 1e-3, 0.01, steps_per_epoch=10, epochs=1)
     rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
     assert rates[id(bag.text_encoder.embedding.weight)] == pytest.approx(0.1)
-    assert rates[id(bag.text_encoder.projection[1].weight)] == pytest.approx(1e-2)
-    assert rates[id(bag.classifier[0].weight)] == pytest.approx(1e-3)
+    assert rates[id(bag.classifier[0].bias)] == pytest.approx(0.1) and len(rates) == 2
+    mean_bag, _ = text_model("bag", bag_pooling="mean")
+    optimizer, _ = optimizer_and_schedule(mean_bag, 1e-3, 0.01, steps_per_epoch=10, epochs=1)
+    rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rates[id(mean_bag.text_encoder.embedding.weight)] == pytest.approx(0.1)
+    assert rates[id(mean_bag.text_encoder.projection[1].weight)] == pytest.approx(1e-2)
+    assert rates[id(mean_bag.classifier[0].weight)] == pytest.approx(1e-3)
     bert, _ = text_model("transformers", tiny_bert, text_trainable_layers=1)
     optimizer, _ = optimizer_and_schedule(bert, 1e-3, 0.01, steps_per_epoch=10, epochs=1)
     rates = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
