@@ -24,7 +24,7 @@ def epoch_seconds(encoder: str, data, batch_size: int = 64) -> float:
     pairs = data.splits["train"].pairs
     config = MultiModalConfig(modality="text", text_encoder_type=encoder, vocab_size=len(data.tokenizer),
                               pad_token_id=data.tokenizer.pad_token_id, max_length=data.max_length,
-                              id2label=dict(enumerate(data.concepts)))
+                              id2label=dict(enumerate(data.concepts)), bag_l2=1e-6)  # with its penalty's cost
     torch.manual_seed(0)
     model = MultiModalClassifier(config).train()
     optimizer, _ = optimizer_and_schedule(model, 1e-3, 0.01, math.ceil(len(pairs) / batch_size), 1)

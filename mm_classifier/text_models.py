@@ -18,8 +18,9 @@ from .tokenization import DEFAULT_MAX_LENGTH, build_tokenizer
 
 WORD_ENCODERS = ("lstm", "bag")  # learnt from scratch on the training captions' word vocabulary
 # The default: the lstm for short captions (95 % of them within DEFAULT_MAX_LENGTH tokens), the bag for longer
-# texts. Measured (docs/experiments.md): on Flickr8k's captions the lstm reads better, on IMDb plot outlines
-# (median 25 words, the 95th percentile 48 tokens) the bag does, by far.
+# texts. Measured (docs/experiments.md): on Flickr8k's captions the two read as well alone, but the fusion model
+# does better with the lstm; on IMDb plot outlines (median 25 words, the 95th percentile 48 tokens) the bag does
+# better by far, alone and in the fusion model.
 AUTO = "auto"
 # A bag reads whole descriptions, where rarer words matter; the lstm keeps the notebooks' vocabulary.
 WORD_VOCAB_SIZE = {"lstm": 5000, "bag": 20000}
