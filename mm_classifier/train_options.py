@@ -204,7 +204,7 @@ def model_config(stage: str, args, concepts: list[str], vocab_size: int, pad_tok
         text_model_name=None if args.text_model_config is None else args.text_encoder,
         text_pooling=args.text_pooling,
         text_trainable_layers=args.text_trainable_layers,
-        bag_l2=1 / (2 * INVERSE_REGULARISATION * max(1, loss_terms)),
+        bag_l2=1 / (2 * INVERSE_REGULARISATION * max(1, loss_terms)) if args.text_encoder == "bag" else 0.0,
         vocab_size=vocab_size,
         pad_token_id=pad_token_id,
         max_length=max_length,
