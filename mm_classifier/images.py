@@ -15,6 +15,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from .errors import MMClassifierError
 
 MIN_IMAGE_SIDE = 8  # below this a "photo" carries no usable content
+# A file above PIL's pixel limit with fewer bytes per pixel than this holds no photo that large (a photo compresses
+# to 0.3 byte per pixel or more, a decompression bomb to a few thousandths): it is refused, not decoded.
+MIN_BYTES_PER_PIXEL = 0.1
 
 ImageInput = Any  # PIL image, numpy array (H, W[, C]), path, bytes, or a datasets {"path", "bytes"} dict
 
@@ -23,15 +26,15 @@ def load_image(image: ImageInput) -> Image.Image:
     """Open any supported image input as an RGB PIL image, EXIF orientation applied.
 
     Every kind of input of one photo gives the same pixels: a file or bytes is decoded at full size, as a PIL image
-    or numpy array of it already was. Only a JPEG file or bytes with more pixels than PIL's decompression-bomb limit
-    (``PIL.Image.MAX_IMAGE_PIXELS``) is decoded at reduced size, the least of libjpeg's 1/2, 1/4 and 1/8 scales
-    that fits the limit, so a valid photo of up to twice that limit still loads.
+    or numpy array of it already was. Only a file or bytes with more pixels than PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``) is reduced, so a valid photo of up to twice that limit still loads: a JPEG
+    decoded at the least of libjpeg's 1/2, 1/4 and 1/8 scales that fits the limit, another format (PNG, WebP,
+    TIFF, ...) decoded whole and shrunk by the least whole factor that fits (:func:`too_large` says which files
+    are decoded at all).
 
     Raises:
-        MMClassifierError: unreadable, corrupt, non-image, too small, or with more pixels to decode than the
-            limit, counted after any reduced-size decode: a JPEG photo of up to twice the limit passes, a PNG
-            claiming as many pixels does not, nor does a decoded image or array above the limit. Above twice the
-            limit PIL refuses a file before any decode.
+        MMClassifierError: unreadable, corrupt, non-image, too small, or :func:`too_large`. Above twice the limit
+            PIL refuses a file before any decode.
     """
     name = "image"
     try:
@@ -57,13 +60,15 @@ def load_image(image: ImageInput) -> Image.Image:
                     f"Unsupported image input of type {type(image).__name__}: pass a PIL image, a numpy array "
                     "or a file path."
                 )
-            if pil.format == "JPEG" and pil is not image:  # never resize a caller's own image object
+            decoded_here = pil is not image  # never resize a caller's own image object
+            if pil.format == "JPEG" and decoded_here:
                 _draft_within_bound(pil)
-            if pil.width * pil.height > (Image.MAX_IMAGE_PIXELS or math.inf):
+            if too_large(pil, source_size(image) if decoded_here else None):
                 raise MMClassifierError(
                     f"{name} is too large: {pil.width}x{pil.height} pixels to decode, above PIL's limit of "
                     f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb, or a photo to shrink first)."
                 )
+            pil = _reduced_within_bound(pil)
             if pil.width < MIN_IMAGE_SIDE or pil.height < MIN_IMAGE_SIDE:
                 raise MMClassifierError(
                     f"{name} is {pil.width}x{pil.height} pixels: too small to classify "
@@ -80,6 +85,40 @@ def load_image(image: ImageInput) -> Image.Image:
         raise MMClassifierError(f"{name} is not an image PIL can read (JPEG, PNG, WebP, ...).") from None
     except OSError as err:  # truncated or corrupt data
         raise MMClassifierError(f"{name} is corrupt or truncated: {err}") from None
+
+
+def source_size(source) -> int | None:
+    """The bytes of a photo file (a path) or of encoded bytes; None for anything else."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.getsize(source)
+    if isinstance(source, (bytes, bytearray)):
+        return len(source)
+    if isinstance(source, io.BytesIO):
+        return source.getbuffer().nbytes
+    return None
+
+
+def too_large(pil: Image.Image, file_bytes: int | None) -> bool:
+    """More pixels to decode than PIL's limit (after any JPEG draft), unless the image comes from a file or bytes of
+    ``file_bytes`` holding at least :data:`MIN_BYTES_PER_PIXEL` per pixel: a valid photo, decoded within PIL's
+    own bound of twice the limit. A decompression bomb (a small PNG claiming huge dimensions) and a caller's image
+    or array above the limit are too large."""
+    pixels = pil.width * pil.height
+    if pixels <= (Image.MAX_IMAGE_PIXELS or math.inf):
+        return False
+    return file_bytes is None or file_bytes < MIN_BYTES_PER_PIXEL * pixels
+
+
+def _reduced_within_bound(pil: Image.Image) -> Image.Image:
+    """An image above the pixel limit that :func:`too_large` let through, decoded and shrunk (box filter) by the
+    least whole factor that fits the limit; any other image as it is."""
+    bound = Image.MAX_IMAGE_PIXELS or math.inf
+    if pil.width * pil.height <= bound:
+        return pil
+    factor = 2
+    while math.ceil(pil.width / factor) * math.ceil(pil.height / factor) > bound:
+        factor += 1
+    return pil.reduce(factor)
 
 
 def _draft_within_bound(pil: Image.Image) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import warnings
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .cache import cache_root, drop_if_damaged
 from .errors import MMClassifierError
+from .images import source_size, too_large
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.75, 0.125, 0.125)
@@ -198,9 +198,10 @@ def photo_problem(path) -> str | None:
     """What is wrong with a photo file (the kind the loading summary counts), or None when it is usable.
 
     Decodes at reduced size (JPEG draft: ~0.5 ms) to catch empty, non-image, truncated and corrupt files, and
-    refuses what ``processing.load_image`` refuses: more pixels to decode, after its reduced-size decode, than PIL's
-    decompression-bomb limit (a valid 90-megapixel JPEG passes at a reduced scale, a PNG claiming as many pixels does
-    not)."""
+    refuses what ``images.load_image`` refuses (``images.too_large``): more pixels to decode, after its
+    reduced-size decode, than PIL's decompression-bomb limit, in a file too small to hold a photo that large (a
+    valid 90-megapixel JPEG passes at a reduced scale, a valid PNG as large decoded whole, a small PNG claiming as
+    many pixels does not)."""
     if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:
         return "empty photo file"
     try:
@@ -208,7 +209,7 @@ def photo_problem(path) -> str | None:
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # the bound is checked below
             with PILImage.open(path) as image:
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                if image.width * image.height > (PILImage.MAX_IMAGE_PIXELS or math.inf):
+                if too_large(image, source_size(path)):
                     return "photo above the pixel limit (a decompression bomb?)"
                 image.load()
                 return None if image.width > 0 and image.height > 0 else "truncated or corrupt photo"

@@ -79,8 +79,8 @@ def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, m
             Image.new("RGB", (side, side), "red").save(tmp_path / f"big{side}.{suffix}")
     # Above twice PIL's limit a file is refused outright. Below that, a JPEG above the limit is decoded at reduced
     # size (JPEG draft: 40x40 at 1/2 scale, 400 pixels) and passes, as a valid 90-megapixel photo does under PIL's
-    # real limit; as a PNG, or already decoded, the same pixel count is refused. Within the limit nothing is
-    # reduced (30x30, 900 pixels).
+    # real limit; as a flat PNG (a few bytes: a decompression bomb's make), or already decoded, the same pixel
+    # count is refused. Within the limit nothing is reduced (30x30, 900 pixels).
     loads = (load_image, processor.resize_image)
     refused = [(load, tmp_path / f"big50.{suffix}") for load in loads for suffix in ("png", "jpg")]
     refused += [(load, tmp_path / "big40.png") for load in loads]
@@ -92,9 +92,20 @@ def test_the_pixel_bound_is_on_the_pixels_decoded_and_loading_agrees(tmp_path, m
     assert load_image((tmp_path / "big40.jpg").read_bytes()).size == (20, 20)
     assert processor.resize_image(tmp_path / "big40.jpg").shape == (3, 16, 16)
     assert load_image(tmp_path / "big30.jpg").size == (30, 30)
+    # A PNG above the limit whose file holds a photo's worth of bytes (noise: 3 bytes per pixel, where the flat
+    # red one above has 0.06, as a decompression bomb has less) is decoded whole, then halved to fit.
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise40.png")
+    halved = np.asarray(Image.fromarray(noise).reduce(2))
+    for image in (tmp_path / "noise40.png", (tmp_path / "noise40.png").read_bytes()):
+        np.testing.assert_array_equal(np.asarray(load_image(image)), halved)
+    assert processor.resize_image(tmp_path / "noise40.png").shape == (3, 16, 16)
+    with pytest.raises(MMClassifierError, match="too large"):  # the same pixels already decoded: the caller's
+        load_image(noise)
     # Loading a data set makes the same decision, so a photo it accepts never stops feature caching later.
-    assert [photo_problem(tmp_path / f"big{n}") is None for n in ("50.png", "50.jpg", "40.png", "40.jpg")] == [
-        False, False, False, True]
+    names = ("50.png", "50.jpg", "40.png", "40.jpg")
+    assert [photo_problem(tmp_path / f"big{n}") is None for n in names] == [False, False, False, True]
+    assert photo_problem(tmp_path / "noise40.png") is None
 
 
 def realistic_jpeg(path, size=(500, 375)):
