@@ -147,8 +147,9 @@ class BasePredictor:
             captions = captions * len(images)
         if images is not None and captions is not None and len(images) != len(captions):
             raise MMClassifierError(f"Got {len(images)} photos but {len(captions)} captions.")
+        concepts = self.concepts  # read once: a transformers config's attributes are slow to read
         cutoffs = self._thresholds(thresholds)
-        cutoffs = None if cutoffs is None else dict(zip(self.concepts, cutoffs, strict=True))
+        cutoffs = None if cutoffs is None else dict(zip(concepts, cutoffs, strict=True))
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise MMClassifierError(f"top_k must be a positive number of classes, not {top_k!r}.")
         count = len(images if images is not None else captions or [])
@@ -160,8 +161,8 @@ class BasePredictor:
                 captions[start:end] if captions is not None else None,
             )
             for row in np.asarray(rows, dtype=np.float64).tolist():
-                probabilities = dict(zip(self.concepts, row, strict=True))
-                ranked = sorted(self.concepts, key=lambda c: -probabilities[c])
+                probabilities = dict(zip(concepts, row, strict=True))
+                ranked = sorted(concepts, key=lambda c: -probabilities[c])
                 if cutoffs is None:  # single-label: the most probable class(es)
                     predicted = ranked[: top_k or 1]
                 else:
