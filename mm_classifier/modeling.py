@@ -285,14 +285,15 @@ class MultiModalClassifier(PreTrainedModel):
         else:
             in_features = config.image_embed_dim if config.uses_image else config.text_output_dim
         layers: list[nn.Module] = []
-        for hidden in config.fusion_hidden_sizes:
-            layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
-            in_features = hidden
-        layers.append(nn.Linear(in_features, config.num_labels))
         if config.modality == "text" and config.linear_bag:
             # A "tfidf" bag's scores are a linear model's logits but for their intercepts: hidden layers, even
             # one linear layer mixing the concepts, only overfit (docs/experiments.md).
-            layers = [ConceptBias(config.num_labels)]
+            layers.append(ConceptBias(config.num_labels))
+        else:
+            for hidden in config.fusion_hidden_sizes:
+                layers += [nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+                in_features = hidden
+            layers.append(nn.Linear(in_features, config.num_labels))
         self.classifier = nn.Sequential(*layers)
         self.frozen_encoders: set[str] = set()  # training-time only; see freeze_encoders
         self.post_init()

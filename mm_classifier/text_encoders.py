@@ -61,17 +61,17 @@ class BagTextEncoder(nn.Module):
     with the data. Each row has a weight, 1 until :meth:`fit_token_weights` sets the inverse document frequencies
     of the training texts (TF-IDF's weighting: a word that every text has says little).
 
-    ``bag_pooling="tfidf"`` (the default): the text's TF-IDF vector (its tokens' weights, divided by their L2 norm,
-    in which each occurrence of a repeated word counts as a term of its own) times a table with one column per concept:
-    a linear model of the text, trained under the L2 penalty ``bag_l2`` (:meth:`penalty`), as a TF-IDF
-    logistic regression is. Its concept scores are the text embedding; a text-only model adds an intercept per
+    ``bag_pooling="tfidf"`` (the default): the text's TF-IDF vector (its tokens' weights, divided by their L2
+    norm, in which each occurrence of a repeated word counts as a term of its own) times a table with one column
+    per concept: a linear model of the text, trained under the L2 penalty ``bag_l2`` (:meth:`penalty`), as a
+    TF-IDF logistic regression is. Its concept scores are the text embedding; a text-only model adds an intercept per
     concept. ``"mean"``: the first bag, the IDF-weighted mean of embeddings, then a projection (older folders).
     """
 
     HASH_MULTIPLIER = 1_000_003  # a prime: (first * p + second) spreads the id pairs over the buckets
-    # The linear table learns at 30 times the model's rate (3e-2 at the default 1e-3), as a regression on TF-IDF
-    # features does best under Adam (docs/experiments.md). The first bag's rows learnt at 100 times, its
-    # projection at 10 times.
+    # The table learns at 100 times the model's rate (0.1 at the default 1e-3, under the run's cosine decay), as a
+    # regression on TF-IDF features learns well with Adam (docs/experiments.md); so do the text-only model's
+    # intercepts (modeling.ConceptBias). The first bag's projection learnt at 10 times.
     LEARNING_RATE_SCALES = {"embedding.": 100.0}
     MEAN_LEARNING_RATE_SCALES = {"embedding.": 100.0, "projection.": 10.0}
 

@@ -194,7 +194,7 @@ def optimizer_and_schedule(model, learning_rate: float, weight_decay: float, ste
     """AdamW on the trainable parameters, with half an epoch of warm-up (at least one step) and cosine decay.
 
     A part of the model may scale ``learning_rate`` for its own parameters: a module's ``LEARNING_RATE_SCALES``
-    maps a parameter name prefix (within the module) to a factor (the bag's table learns 30 times faster, a
+    maps a parameter name prefix (within the module) to a factor (the bag's table learns 100 times faster, a
     pretrained encoder's layers fine-tune 30 times slower).
     """
     scales = {}
