@@ -129,8 +129,8 @@ class BagTextEncoder(nn.Module):
             total = weights.sum(dim=1, keepdim=True)  # (B, 1): the weighted mean's denominator
         else:
             total = weights.square().sum(dim=1, keepdim=True).sqrt()  # (B, 1): the TF-IDF vector's L2 norm
-        if torch.onnx.is_in_onnx_export():  # ONNX has no padding_idx; the padding rows weigh 0: the same sum
-            summed = nn.functional.embedding_bag(rows, self.embedding.weight, mode="sum", per_sample_weights=weights)
+        if torch.onnx.is_in_onnx_export():  # embedding_bag exports as a loop over the batch: a gather and a sum
+            summed = (self.embedding.weight[rows] * weights.unsqueeze(-1)).sum(dim=1)  # padding rows weigh 0
         else:
             summed = self.embedding(rows, per_sample_weights=weights)  # (B, E)
         pooled = summed / total.clamp(min=1e-6)  # (B, E)
