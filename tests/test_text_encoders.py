@@ -191,6 +191,21 @@ def test_the_bag_trains_under_its_l2_penalty_only_while_it_learns():
     assert model.text_encoder.penalty() == 0.0
 
 
+def test_the_bag_s_penalty_is_the_tf_idf_regression_s_per_loss_term():
+    from mm_classifier.train_options import build_parser, model_config, resolve_defaults
+
+    args = resolve_defaults(build_parser().parse_args(["--text-encoder", "bag"]))
+    concepts = ["dog", "beach", "man"]
+    # 1 / (2 C), C = 4, against the summed loss: per pair for cross-entropy, per pair and concept for the BCE.
+    single = model_config("text", args, concepts, 50, 0, 32, problem_type="single_label_classification",
+                          train_pairs=100)
+    assert single.bag_l2 == pytest.approx(1 / (2 * 4.0 * 100))
+    assert model_config("text", args, concepts, 50, 0, 32, train_pairs=100).bag_l2 == pytest.approx(
+        1 / (2 * 4.0 * 100 * 3))
+    args = resolve_defaults(build_parser().parse_args(["--text-encoder", "lstm"]))
+    assert model_config("text", args, concepts, 50, 0, 32, train_pairs=100).bag_l2 == 0.0
+
+
 def test_a_bag_saved_before_the_linear_bag_loads_as_it_was(tmp_path):
     model, processor = text_model("bag", bag_pooling="mean")
     model.eval().save_pretrained(tmp_path)
