@@ -19,6 +19,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _fail(field: str, value, expected: str):
+    raise ValueError(f"MultiModalConfig.{field} = {value!r} is invalid: expected {expected}.")
+
+
 class MultiModalConfig(PreTrainedConfig):
     """Configuration of :class:`~mm_classifier.MultiModalClassifier`.
 
@@ -155,87 +159,98 @@ class MultiModalConfig(PreTrainedConfig):
         self._validate()
 
     def _validate(self) -> None:
-        def fail(field, value, expected):
-            raise ValueError(f"MultiModalConfig.{field} = {value!r} is invalid: expected {expected}.")
-
+        """Each field's value: the sizes, then the image, text, head and label fields; the first invalid one
+        raises a ValueError naming it."""
         if self.modality not in MODALITIES:
-            fail("modality", self.modality, f"one of {MODALITIES}")
-        if not isinstance(self.backbone, str) or not self.backbone:
-            fail("backbone", self.backbone, "a timm model name")
+            _fail("modality", self.modality, f"one of {MODALITIES}")
         for field in ("image_size", "image_embed_dim", "vocab_size", "max_length", "word_embed_dim",
                       "lstm_hidden_size", "lstm_num_layers", "bag_buckets", "text_embed_dim"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(field, value, "a positive integer")
+                _fail(field, value, "a positive integer")
+        self._validate_image()
+        self._validate_text()
+        self._validate_head()
+        self._validate_labels()
+
+    def _validate_image(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            _fail("backbone", self.backbone, "a timm model name")
         if self.image_size < 16:
-            fail("image_size", self.image_size, "at least 16 pixels")
+            _fail("image_size", self.image_size, "at least 16 pixels")
         for field in ("image_mean", "image_std"):
             value = getattr(self, field)
             if len(value) != 3 or (field == "image_std" and min(value) <= 0):
-                fail(field, value, "three numbers (standard deviations > 0)")
+                _fail(field, value, "three numbers (standard deviations > 0)")
         blocks = self.image_feature_blocks
         if blocks is not None and (
             not blocks or len(set(blocks)) != len(blocks)
             or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks)
         ):
-            fail("image_feature_blocks", blocks, "None or distinct stage indices (integers)")
+            _fail("image_feature_blocks", blocks, "None or distinct stage indices (integers)")
         for field in ("image_local_projection", "image_mirror_average"):
             if not isinstance(getattr(self, field), bool):
-                fail(field, getattr(self, field), "True or False")
+                _fail(field, getattr(self, field), "True or False")
+
+    def _validate_text(self) -> None:
         if self.text_encoder_type not in TEXT_ENCODER_TYPES:
-            fail("text_encoder_type", self.text_encoder_type, f"one of {TEXT_ENCODER_TYPES}")
+            _fail("text_encoder_type", self.text_encoder_type, f"one of {TEXT_ENCODER_TYPES}")
         if self.text_encoder_type == "transformers" and not (
             isinstance(self.text_model_config, dict) and self.text_model_config.get("model_type")
         ):
-            fail("text_model_config", self.text_model_config, "a transformers configuration as a dict (model_type)")
+            _fail("text_model_config", self.text_model_config, "a transformers configuration as a dict (model_type)")
         if self.text_pooling not in TEXT_POOLINGS:
-            fail("text_pooling", self.text_pooling, f"one of {TEXT_POOLINGS}")
+            _fail("text_pooling", self.text_pooling, f"one of {TEXT_POOLINGS}")
         if self.bag_pooling not in BAG_POOLINGS:
-            fail("bag_pooling", self.bag_pooling, f"one of {BAG_POOLINGS}")
+            _fail("bag_pooling", self.bag_pooling, f"one of {BAG_POOLINGS}")
         if isinstance(self.bag_l2, bool) or not isinstance(self.bag_l2, (int, float)) or self.bag_l2 < 0:
-            fail("bag_l2", self.bag_l2, "a penalty, 0 or more")
+            _fail("bag_l2", self.bag_l2, "a penalty, 0 or more")
         trainable = self.text_trainable_layers
         if isinstance(trainable, bool) or not isinstance(trainable, int) or trainable < 0:
-            fail("text_trainable_layers", trainable, "a layer count, 0 or more")
+            _fail("text_trainable_layers", trainable, "a layer count, 0 or more")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
+            _fail("pad_token_id", self.pad_token_id, f"an id below vocab_size={self.vocab_size}")
+
+    def _validate_head(self) -> None:
         # Which names exist is fusion.py's business (a new method must not touch this file); build_fusion checks.
         if not isinstance(self.fusion_type, str) or not self.fusion_type:
-            fail("fusion_type", self.fusion_type, "the name of a fusion method, e.g. 'concat'")
+            _fail("fusion_type", self.fusion_type, "the name of a fusion method, e.g. 'concat'")
         if any(h < 1 for h in self.fusion_hidden_sizes):
-            fail("fusion_hidden_sizes", self.fusion_hidden_sizes, "positive layer sizes")
+            _fail("fusion_hidden_sizes", self.fusion_hidden_sizes, "positive layer sizes")
         if not 0 <= self.dropout < 1:
-            fail("dropout", self.dropout, "a probability in [0, 1)")
+            _fail("dropout", self.dropout, "a probability in [0, 1)")
         # The photo is hidden with probability p and, separately, the caption with p: at most half each.
         if not 0 <= self.modality_dropout <= 0.5:
-            fail("modality_dropout", self.modality_dropout, "a probability in [0, 0.5]")
+            _fail("modality_dropout", self.modality_dropout, "a probability in [0, 0.5]")
+
+    def _validate_labels(self) -> None:
         if len(self.thresholds) != self.num_labels or not all(0 <= t <= 1 for t in self.thresholds):
-            fail("thresholds", self.thresholds, f"{self.num_labels} numbers in [0, 1], one per concept")
+            _fail("thresholds", self.thresholds, f"{self.num_labels} numbers in [0, 1], one per concept")
         self.thresholds = [float(t) for t in self.thresholds]
         if self.problem_type not in PROBLEM_TYPES:
-            fail("problem_type", self.problem_type, f"one of {PROBLEM_TYPES}")
+            _fail("problem_type", self.problem_type, f"one of {PROBLEM_TYPES}")
         if self.single_label and self.num_labels < 2:
-            fail("problem_type", self.problem_type, "multi_label_classification: a single-label model needs two "
+            _fail("problem_type", self.problem_type, "multi_label_classification: a single-label model needs two "
                  "classes or more")
         for field in ("pos_weight", "class_weights", "calibration_temperatures"):
             value = getattr(self, field)
             if value is not None and (len(value) != self.num_labels or not all(w > 0 for w in value)):
-                fail(field, value, f"{self.num_labels} positive numbers, one per concept")
+                _fail(field, value, f"{self.num_labels} positive numbers, one per concept")
         if self.calibration_biases is not None and (
             len(self.calibration_biases) != self.num_labels or self.single_label
         ):
-            fail("calibration_biases", self.calibration_biases, f"{self.num_labels} numbers, one per concept, and "
+            _fail("calibration_biases", self.calibration_biases, f"{self.num_labels} numbers, one per concept, and "
                  "None for a single-label model (a bias per class would change its most probable class)")
         if self.single_label and self.pos_weight is not None:
-            fail("pos_weight", self.pos_weight, "None for a single-label model (class_weights weigh its classes)")
+            _fail("pos_weight", self.pos_weight, "None for a single-label model (class_weights weigh its classes)")
         if not self.single_label and self.class_weights is not None:
-            fail("class_weights", self.class_weights, "None for a multi-label model (pos_weight weighs its concepts)")
+            _fail("class_weights", self.class_weights, "None for a multi-label model (pos_weight weighs its concepts)")
         if self.concept_words is not None and set(self.concept_words) != set(self.id2label.values()):
-            fail("concept_words", sorted(self.concept_words), f"words for exactly the concepts {self.concepts}")
+            _fail("concept_words", sorted(self.concept_words), f"words for exactly the concepts {self.concepts}")
         if isinstance(self.min_votes, bool) or not isinstance(self.min_votes, int) or self.min_votes < 1:
-            fail("min_votes", self.min_votes, "a positive integer")
+            _fail("min_votes", self.min_votes, "a positive integer")
         if len(set(self.id2label.values())) != len(self.id2label):
-            fail("id2label", self.id2label, "unique concept names")
+            _fail("id2label", self.id2label, "unique concept names")
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
