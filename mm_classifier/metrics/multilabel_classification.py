@@ -8,6 +8,8 @@ import evaluate
 import numpy as np
 from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscore_support
 
+from ._per_label import per_label_scores
+
 _DESCRIPTION = """
 Micro, macro and samples averaged precision, recall and F1, subset accuracy and Hamming loss for multi-label
 predictions, plus per-label precision, recall, F1 and support. A label's precision is undefined when it is
@@ -28,10 +30,6 @@ Examples:
     >>> metric.compute(predictions=[[1, 0], [1, 1]], references=[[1, 0], [0, 1]])["micro_f1"]
     0.8
 """
-
-
-def _none_if_nan(value):
-    return None if value is None or np.isnan(value) else float(value)
 
 
 class MultilabelClassification(evaluate.Metric):
@@ -64,23 +62,8 @@ class MultilabelClassification(evaluate.Metric):
         precision, recall, f1, support = precision_recall_fscore_support(
             y_true, y_pred, average=None, zero_division=np.nan
         )
-        undefined = {"precision": [], "recall": [], "f1": []}
-        per_label = {}
-        for i, name in enumerate(names):
-            has_positive = support[i] > 0
-            values = {
-                "precision": precision[i],
-                "recall": recall[i] if has_positive else np.nan,
-                "f1": f1[i] if has_positive else np.nan,
-            }
-            for key, value in values.items():
-                if np.isnan(value):
-                    undefined[key].append(name)
-            per_label[name] = {k: _none_if_nan(v) for k, v in values.items()}
-            per_label[name]["support"] = int(support[i])
-        for key in ("precision", "recall", "f1"):
-            defined = [per_label[n][key] for n in names if per_label[n][key] is not None]
-            results[f"macro_{key}"] = float(np.mean(defined)) if defined else None
+        per_label, macro, undefined = per_label_scores(names, precision, recall, f1, support)
+        results.update(macro)
         results["subset_accuracy"] = float(accuracy_score(y_true, y_pred))
         results["hamming_loss"] = float(hamming_loss(y_true, y_pred))
         results["per_label"] = per_label

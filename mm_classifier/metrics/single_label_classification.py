@@ -9,6 +9,8 @@ import evaluate
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from ._per_label import per_label_scores
+
 _DESCRIPTION = """
 Accuracy, macro-averaged precision, recall and F1, per-class precision, recall, F1 and support, and the confusion
 matrix of single-label predictions. A class's precision is undefined when it is never predicted; its recall and F1
@@ -49,24 +51,8 @@ class SingleLabelClassification(evaluate.Metric):
         precision, recall, f1, support = precision_recall_fscore_support(
             y_true, y_pred, labels=classes, average=None, zero_division=np.nan
         )
-        undefined = {"precision": [], "recall": [], "f1": []}
-        per_label = {}
-        for i, name in enumerate(names):
-            has_example = support[i] > 0
-            values = {
-                "precision": precision[i],
-                "recall": recall[i] if has_example else np.nan,
-                "f1": f1[i] if has_example else np.nan,
-            }
-            for key, value in values.items():
-                if np.isnan(value):
-                    undefined[key].append(name)
-            per_label[name] = {k: None if np.isnan(v) else float(v) for k, v in values.items()}
-            per_label[name]["support"] = int(support[i])
-        results = {"accuracy": float(accuracy_score(y_true, y_pred))}
-        for key in ("precision", "recall", "f1"):
-            defined = [per_label[n][key] for n in names if per_label[n][key] is not None]
-            results[f"macro_{key}"] = float(np.mean(defined)) if defined else None
+        per_label, macro, undefined = per_label_scores(names, precision, recall, f1, support)
+        results = {"accuracy": float(accuracy_score(y_true, y_pred)), **macro}
         results["per_label"] = per_label
         results["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=classes).tolist()
         results["undefined"] = undefined
