@@ -63,7 +63,7 @@ def load_image(image: ImageInput) -> Image.Image:
             decoded_here = pil is not image  # never resize a caller's own image object
             if pil.format == "JPEG" and decoded_here:
                 _draft_within_bound(pil)
-            if too_large(pil, source_size(image) if decoded_here else None):
+            if too_large(pil, image if decoded_here else None):
                 raise MMClassifierError(
                     f"{name} is too large: {pil.width}x{pil.height} pixels to decode, above PIL's limit of "
                     f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb, or a photo to shrink first)."
@@ -98,14 +98,16 @@ def source_size(source) -> int | None:
     return None
 
 
-def too_large(pil: Image.Image, file_bytes: int | None) -> bool:
-    """More pixels to decode than PIL's limit (after any JPEG draft), unless the image comes from a file or bytes of
-    ``file_bytes`` holding at least :data:`MIN_BYTES_PER_PIXEL` per pixel: a valid photo, decoded within PIL's
-    own bound of twice the limit. A decompression bomb (a small PNG claiming huge dimensions) and a caller's image
-    or array above the limit are too large."""
+def too_large(pil: Image.Image, source=None) -> bool:
+    """More pixels to decode than PIL's limit (after any JPEG draft), unless the image was opened from ``source``, a
+    file or bytes (:func:`source_size`) holding at least :data:`MIN_BYTES_PER_PIXEL` per pixel: a valid photo,
+    decoded within PIL's own bound of twice the limit. A decompression bomb (a small PNG claiming huge dimensions)
+    and a caller's image or array above the limit (no ``source``) are too large. Only an image above the limit
+    has its source's size read."""
     pixels = pil.width * pil.height
     if pixels <= (Image.MAX_IMAGE_PIXELS or math.inf):
         return False
+    file_bytes = None if source is None else source_size(source)
     return file_bytes is None or file_bytes < MIN_BYTES_PER_PIXEL * pixels
 
 

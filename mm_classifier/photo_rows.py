@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .cache import cache_root, drop_if_damaged
 from .errors import MMClassifierError
-from .images import source_size, too_large
+from .images import too_large
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.75, 0.125, 0.125)
@@ -209,7 +209,7 @@ def photo_problem(path) -> str | None:
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # the bound is checked below
             with PILImage.open(path) as image:
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-                if too_large(image, source_size(path)):
+                if too_large(image, path):
                     return "photo above the pixel limit (a decompression bomb?)"
                 image.load()
                 return None if image.width > 0 and image.height > 0 else "truncated or corrupt photo"
