@@ -272,7 +272,8 @@ class MultiModalConfig(PreTrainedConfig):
     @property
     def concepts(self) -> list[str]:
         """Concept names in output order."""
-        return [self.id2label[i] for i in range(self.num_labels)]
+        id2label = self.id2label  # once: each read of a config attribute goes through transformers' lookup
+        return [id2label[i] for i in range(len(id2label))]
 
     @property
     def single_label(self) -> bool:

@@ -177,3 +177,20 @@ def resized_pixels(image: ImageInput, size: int) -> np.ndarray:
     """One image -> (size, size, 3) uint8, squashed to a square (bilinear), as the common Flickr8k copies are."""
     pil = load_image(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def normalized_pixels(images, size: int, mean, std) -> np.ndarray:
+    """One image or a list of images (any :data:`ImageInput`) -> (B, 3, size, size) float32 pixel values, as both
+    backends feed their model: :func:`resized_pixels`, scaled to 0..1, less ``mean``, divided by ``std`` (per
+    channel). These are the float32 operations of the training path
+    (``MultiModalImageProcessor.normalize_pixels``), so the values are the same."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise MMClassifierError("The list of images is empty.")
+    pixels = np.stack([resized_pixels(image, size) for image in images])  # (B, S, S, 3) uint8
+    # Channels first before the arithmetic: numpy then runs along rows of S*S values, not of 3 (3x faster).
+    pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+    mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return (pixels.astype(np.float32) / np.float32(255.0) - mean) / std

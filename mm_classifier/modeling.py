@@ -417,12 +417,14 @@ class MultiModalClassifier(PreTrainedModel):
         """(B, C) logits -> (B, C) probabilities: calibrated (divided by ``config.calibration_temperatures``, plus
         ``config.calibration_biases``; unless ``calibrated=False``), then a sigmoid per concept (multi-label) or a
         softmax over the classes (single-label)."""
-        logits = logits.float()
-        if calibrated and self.config.calibration_temperatures is not None:
-            logits = logits / torch.tensor(self.config.calibration_temperatures, device=logits.device)
-        if calibrated and self.config.calibration_biases is not None:
-            logits = logits + torch.tensor(self.config.calibration_biases, device=logits.device)
-        return logits.softmax(dim=-1) if self.config.single_label else torch.sigmoid(logits)
+        logits, config = logits.float(), self.config  # each config read goes through transformers' lookup
+        temperatures = config.calibration_temperatures if calibrated else None
+        biases = config.calibration_biases if calibrated else None
+        if temperatures is not None:
+            logits = logits / torch.tensor(temperatures, device=logits.device)
+        if biases is not None:
+            logits = logits + torch.tensor(biases, device=logits.device)
+        return logits.softmax(dim=-1) if config.single_label else torch.sigmoid(logits)
 
     def _drop_modalities(self, image_embeds, text_embeds):
         """Zero the photo or the caption of a random subset of examples (never both of one example)."""

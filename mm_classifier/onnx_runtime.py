@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MMClassifierError
-from .images import resized_pixels
+from .images import normalized_pixels
 from .prediction import BasePredictor, SavedConfig, resolve_model_dir
 from .tokens import batch_encoder, check_captions, encode_captions
 
@@ -62,8 +62,7 @@ class OnnxPredictor(BasePredictor):
         # The classifier graph's embedding inputs and their widths (batch is its one dynamic axis).
         self.classifier_inputs = {node.name: node.shape[1] for node in sessions["classifier"].get_inputs()}
         self.image_size = int(image_size)
-        self.mean = np.array(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.array(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.image_mean, self.image_std = image_mean, image_std
         self.encoder, self.pad_id = None, 0
         if tokenizer is not None:
             self.pad_id = tokenizer.token_to_id(pad_token)
@@ -86,12 +85,7 @@ class OnnxPredictor(BasePredictor):
 
     def pixel_values(self, images) -> np.ndarray:
         """Photos -> (B, 3, S, S) float32, normalised, as :class:`~mm_classifier.MultiModalImageProcessor` does."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise MMClassifierError("The list of images is empty.")
-        pixels = np.stack([resized_pixels(image, self.image_size) for image in images]).transpose(0, 3, 1, 2)
-        return (pixels.astype(np.float32) / np.float32(255.0) - self.mean) / self.std
+        return normalized_pixels(images, self.image_size, self.image_mean, self.image_std)
 
     def predict_logits(self, images=None, captions=None) -> np.ndarray:
         """(B, num_concepts) uncalibrated logits of one batch."""

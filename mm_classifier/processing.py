@@ -16,7 +16,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .configuration import IMAGENET_MEAN, IMAGENET_STD
 from .errors import MMClassifierError
-from .images import ImageInput, resized_pixels
+from .images import ImageInput, normalized_pixels, resized_pixels
 from .tokens import batch_encoder, blank_captions_masked, check_captions, encode_captions
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
@@ -63,14 +63,17 @@ class MultiModalImageProcessor(BaseImageProcessor):
         std = torch.tensor(self.image_std, device=pixels.device).view(3, 1, 1)
         return (pixels.float() / 255.0 - mean) / std
 
+    def pixel_values(self, images) -> torch.Tensor:
+        """One image or a list of images (PIL, numpy, path, bytes) -> normalised pixel values (B, 3, S, S).
+
+        numpy computes them (:func:`~mm_classifier.images.normalized_pixels`, which the ONNX backend shares): on one
+        small photo each torch operation costs more than its arithmetic (benchmarks/inference.py).
+        """
+        return torch.from_numpy(normalized_pixels(images, self.image_size, self.image_mean, self.image_std))
+
     def preprocess(self, images, return_tensors: str | None = "pt") -> BatchFeature:
         """One image or a list of images (PIL, numpy, path, bytes) -> ``pixel_values`` (B, 3, S, S)."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise MMClassifierError("The list of images is empty.")
-        pixels = torch.stack([self.normalize_pixels(self.resize_image(image)) for image in images])
-        return BatchFeature({"pixel_values": pixels}, tensor_type=return_tensors)
+        return BatchFeature({"pixel_values": self.pixel_values(images)}, tensor_type=return_tensors)
 
 
 class MultiModalProcessor(ProcessorMixin):
@@ -137,7 +140,7 @@ class MultiModalProcessor(ProcessorMixin):
             raise MMClassifierError("Give a photo, a caption, or both: the processor got neither.")
         data: dict[str, Any] = {}
         if images is not None:
-            data.update(self.image_processor(images, return_tensors=None))
+            data["pixel_values"] = self.image_processor.pixel_values(images)
         if text is not None:
             data.update(self.tokenize(text))
         if images is not None and text is not None and len(data["pixel_values"]) != len(data["input_ids"]):
