@@ -231,7 +231,7 @@ class MultiModalConfig(PreTrainedConfig):
             _fail("problem_type", self.problem_type, f"one of {PROBLEM_TYPES}")
         if self.single_label and self.num_labels < 2:
             _fail("problem_type", self.problem_type, "multi_label_classification: a single-label model needs two "
-                 "classes or more")
+                  "classes or more")
         for field in ("pos_weight", "class_weights", "calibration_temperatures"):
             value = getattr(self, field)
             if value is not None and (len(value) != self.num_labels or not all(w > 0 for w in value)):
@@ -240,7 +240,7 @@ class MultiModalConfig(PreTrainedConfig):
             len(self.calibration_biases) != self.num_labels or self.single_label
         ):
             _fail("calibration_biases", self.calibration_biases, f"{self.num_labels} numbers, one per concept, and "
-                 "None for a single-label model (a bias per class would change its most probable class)")
+                  "None for a single-label model (a bias per class would change its most probable class)")
         if self.single_label and self.pos_weight is not None:
             _fail("pos_weight", self.pos_weight, "None for a single-label model (class_weights weigh its classes)")
         if not self.single_label and self.class_weights is not None:
