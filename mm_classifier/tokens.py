@@ -35,7 +35,8 @@ def check_captions(text) -> list[str]:
 
 def encode_captions(encoder: Tokenizer, captions: Sequence[str], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Captions -> ``input_ids`` and ``attention_mask``, (B, T) int64, with :func:`batch_encoder`'s encoder."""
-    rows = encoder.encode_batch(list(captions))
+    # One caption: encode, which skips the batch's hand-off to the thread pool (the same ids and mask).
+    rows = [encoder.encode(captions[0])] if len(captions) == 1 else encoder.encode_batch(list(captions))
     ids = np.array([row.ids for row in rows], dtype=np.int64).reshape(len(rows), -1)
     mask = np.array([row.attention_mask for row in rows], dtype=np.int64).reshape(len(rows), -1)
     return blank_captions_masked(captions, ids, mask, pad_id)
@@ -48,5 +49,7 @@ def blank_captions_masked(captions: Sequence[str], ids: np.ndarray, mask: np.nda
     [SEP]): no position is attended, and the model embeds it as zeros."""
     if ids.shape[1] == 0:
         return np.full((len(captions), 1), pad_id, dtype=np.int64), np.zeros((len(captions), 1), dtype=np.int64)
+    if all(caption.strip() for caption in captions):  # the usual case, without numpy's cost on one caption
+        return ids, mask
     blank = np.array([not caption.strip() for caption in captions])
     return ids, np.where(blank[:, None], 0, mask)

@@ -163,7 +163,7 @@ def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
     tokenizer = build_tokenizer(["a dog on the beach", "a man in a red shirt"] * 2, min_frequency=1)
     processor = MultiModalProcessor(tokenizer, max_length=4)
     captions = ["a dog", "", "A MAN in a red shirt on the beach", "zebra!!  ", "dog", "é a\tman"]
-    for batch in (captions, captions[:1], ["", ""], captions[2:3]):
+    for batch in (captions, captions[:1], captions[1:2], ["", ""], captions[2:3]):
         expected = tokenizer(batch, padding="longest", truncation=True, max_length=4, return_tensors="pt")
         got = processor.tokenize(batch)
         width = max(1, expected["input_ids"].shape[1])  # an all-empty batch keeps one padding position
