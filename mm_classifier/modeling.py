@@ -296,7 +296,6 @@ class MultiModalClassifier(PreTrainedModel):
             layers.append(nn.Linear(in_features, config.num_labels))
         self.classifier = nn.Sequential(*layers)
         self.frozen_encoders: set[str] = set()  # training-time only; see freeze_encoders
-        self._calibration_cache = None  # see _calibration
         self.post_init()
 
     def _init_weights(self, module):
@@ -418,27 +417,14 @@ class MultiModalClassifier(PreTrainedModel):
         """(B, C) logits -> (B, C) probabilities: calibrated (divided by ``config.calibration_temperatures``, plus
         ``config.calibration_biases``; unless ``calibrated=False``), then a sigmoid per concept (multi-label) or a
         softmax over the classes (single-label)."""
-        logits = logits.float()
-        temperatures, biases = self._calibration(logits.device) if calibrated else (None, None)
+        logits, config = logits.float(), self.config  # each config read goes through transformers' lookup
+        temperatures = config.calibration_temperatures if calibrated else None
+        biases = config.calibration_biases if calibrated else None
         if temperatures is not None:
-            logits = logits / temperatures
+            logits = logits / torch.tensor(temperatures, device=logits.device)
         if biases is not None:
-            logits = logits + biases
-        return logits.softmax(dim=-1) if self.config.single_label else torch.sigmoid(logits)
-
-    def _calibration(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The config's calibration temperatures and biases as tensors on ``device`` (None where unset). Kept between
-        calls, since making them costs more than the arithmetic on one photo (benchmarks/inference.py), and made
-        again when the config's lists change (calibration fitted after training, or a list edited)."""
-        config = self.config  # each config read goes through transformers' lookup
-        values = tuple(None if v is None else tuple(v) for v in (config.calibration_temperatures,
-                                                                  config.calibration_biases))
-        cached = self._calibration_cache
-        if cached is None or cached[0] != values or cached[1] != device:
-            with torch.inference_mode(False):  # usable outside inference mode too (explanations, export)
-                tensors = tuple(None if v is None else torch.tensor(v, device=device) for v in values)
-            cached = self._calibration_cache = (values, device, tensors)
-        return cached[2]
+            logits = logits + torch.tensor(biases, device=logits.device)
+        return logits.softmax(dim=-1) if config.single_label else torch.sigmoid(logits)
 
     def _drop_modalities(self, image_embeds, text_embeds):
         """Zero the photo or the caption of a random subset of examples (never both of one example)."""

@@ -63,7 +63,7 @@ def test_single_label_loss_is_weighted_cross_entropy_and_probabilities_a_calibra
                                              calibration_biases=[0.0, -1.0, 0.5]))
     assert multi.probabilities(logits) == pytest.approx(
         torch.sigmoid(logits / torch.tensor([1.0, 2.0, 4.0]) + torch.tensor([0.0, -1.0, 0.5])))
-    with torch.inference_mode():  # the calibration tensors kept from here serve gradients too (explanations)
+    with torch.inference_mode():  # probabilities in inference mode, then with gradients (explanations)
         multi.probabilities(logits)
     leaf = logits.clone().requires_grad_()
     multi.probabilities(leaf).sum().backward()
