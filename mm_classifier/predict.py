@@ -104,7 +104,8 @@ class Predictor(BasePredictor):
 
         images, captions = self._inputs_read(images, captions)
         with torch.inference_mode():
-            batch = self.processor(images=images, text=captions).to(self.device)
+            # Each tensor moved by itself: BatchFeature.to checks its argument and each value in Python first.
+            batch = {key: value.to(self.device) for key, value in self.processor(images=images, text=captions).items()}
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
             return self.model(**batch).logits.float()

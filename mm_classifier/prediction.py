@@ -162,7 +162,7 @@ class BasePredictor:
             )
             for row in np.asarray(rows, dtype=np.float64).tolist():
                 probabilities = dict(zip(concepts, row, strict=True))
-                ranked = sorted(concepts, key=lambda c: -probabilities[c])
+                ranked = sorted(concepts, key=probabilities.get, reverse=True)  # ties keep the concepts' order
                 if cutoffs is None:  # single-label: the most probable class(es)
                     predicted = ranked[: top_k or 1]
                 else:

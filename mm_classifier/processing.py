@@ -55,7 +55,7 @@ class MultiModalImageProcessor(BaseImageProcessor):
 
         Training caches this output, which is 4x smaller than the float pixel values.
         """
-        return torch.from_numpy(resized_pixels(image, self.image_size)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(resized_pixels(image, self.image_size))).permute(2, 0, 1)
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, S, S) from :meth:`resize_image` -> normalised float pixel values."""
@@ -148,7 +148,8 @@ class MultiModalProcessor(ProcessorMixin):
                 f"Got {len(data['pixel_values'])} images but {len(data['input_ids'])} captions; give one caption "
                 "per image."
             )
-        return BatchFeature(data, tensor_type=return_tensors)
+        # The values are torch tensors already: no conversion for "pt" (it checks each value, benchmarks/inference.py).
+        return BatchFeature(data, tensor_type=None if return_tensors == "pt" else return_tensors)
 
     def _fast_encoder(self):
         """:func:`_batch_encoder` for the current tokenizer and max_length, rebuilt when either is replaced."""

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from transformers import AutoModel
 
 from mm_classifier import MMClassifierError, MultiModalProcessor, Predictor
 from mm_classifier.predict import main as predict_cli
+from mm_classifier.prediction import BasePredictor
 
 RUN_RECORDS = ("all_results.json", "training_args.json", "README.md", "*.png")  # about the run, not the model
 
@@ -69,6 +71,18 @@ def test_predictions_for_photo_caption_and_both(predictor, tiny_model, photo):
     assert both.probabilities != photo_only.probabilities != caption_only.probabilities != both.probabilities
     assert len(predictor.predict(photo, "x", thresholds=0.0)[0].predicted) == len(predictor.concepts)
     assert predictor.predict(photo, "x", thresholds=1.0 + 1e-9)[0].predicted == []
+
+
+def test_predicted_concepts_come_most_probable_first_and_ties_in_the_concepts_order():
+    class Fixed(BasePredictor):
+        config = SimpleNamespace(concepts=["a", "b", "c", "d"], single_label=False, thresholds=[0.5] * 4)
+
+        def probability_rows(self, images=None, captions=None):
+            return np.array([[0.6, 0.9, 0.6, 0.1]])
+
+    assert Fixed().predict(None, "x")[0].predicted == ["b", "a", "c"]
+    assert Fixed().predict(None, "x", top_k=2)[0].predicted == ["b", "a"]
+    assert Fixed().predict(None, "x", thresholds=[0.0, 0.0, 0.0, 0.0])[0].predicted == ["b", "a", "c", "d"]
 
 
 def test_batch_equals_single_and_inputs_can_be_pil_or_numpy(predictor, photo):

@@ -57,6 +57,8 @@ def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "cut.jpg").write_bytes(good.getvalue()[:300])
     cases = [
         (tmp_path / "missing.jpg", "does not exist"),
+        (tmp_path, "does not exist"),  # a folder
+        (tmp_path / "text.jpg" / "photo.jpg", "does not exist"),  # under a file
         (tmp_path / "text.jpg", "not an image"),
         (tmp_path / "cut.jpg", "corrupt or truncated"),
         (Image.new("RGB", (1, 1)), "too small"),
@@ -204,7 +206,7 @@ def test_outputs_are_bit_identical_to_the_reference_transform_and_tokenizer(tmp_
         both, photos_only, captions_only = (processor(images=images, text=captions), processor(images=images),
                                             processor(text=captions))
         for batch in (both, photos_only):
-            assert batch["pixel_values"].dtype == torch.float32
+            assert batch["pixel_values"].dtype == torch.float32 and batch["pixel_values"].is_contiguous()
             assert torch.equal(batch["pixel_values"], expected_pixels)
         for batch in (both, captions_only):
             for key in ("input_ids", "attention_mask"):
