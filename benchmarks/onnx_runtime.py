@@ -84,7 +84,7 @@ def onnx_scores(predictor, pairs) -> np.ndarray:
     if config.uses_text:
         captions, embeds = list(pairs["caption"]), []
         for start in range(0, len(captions), 256):
-            ids, mask = encode_captions(predictor.encoder, captions[start:start + 256], predictor.pad_id)
+            ids, mask = encode_captions(predictor.encoder, captions[start:start + 256])
             embeds.append(sessions["text"].run(None, {"input_ids": ids, "attention_mask": mask})[0])
         feeds["text_embeds"] = np.concatenate(embeds)
     return sessions["classifier"].run(["probabilities"], feeds)[0]

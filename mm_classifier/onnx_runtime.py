@@ -63,10 +63,9 @@ class OnnxPredictor(BasePredictor):
         self.classifier_inputs = {node.name: node.shape[1] for node in sessions["classifier"].get_inputs()}
         self.image_size = int(image_size)
         self.image_mean, self.image_std = image_mean, image_std
-        self.encoder, self.pad_id = None, 0
+        self.encoder = None
         if tokenizer is not None:
-            self.pad_id = tokenizer.token_to_id(pad_token)
-            self.encoder = batch_encoder(tokenizer, max_length, self.pad_id, pad_token)
+            self.encoder = batch_encoder(tokenizer, max_length, tokenizer.token_to_id(pad_token), pad_token)
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, threads: int | None = None) -> OnnxPredictor:
@@ -100,7 +99,7 @@ class OnnxPredictor(BasePredictor):
         if images is not None:
             embeds["image_embeds"] = self.sessions["image"].run(None, {"pixel_values": self.pixel_values(images)})[0]
         if captions is not None:
-            ids, mask = encode_captions(self.encoder, check_captions(captions), self.pad_id)
+            ids, mask = encode_captions(self.encoder, check_captions(captions))
             embeds["text_embeds"] = self.sessions["text"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
         if images is not None and captions is not None and len(embeds["image_embeds"]) != len(embeds["text_embeds"]):
             raise MMClassifierError(f"Got {len(embeds['image_embeds'])} images but {len(embeds['text_embeds'])} "

@@ -165,7 +165,7 @@ class MultiModalProcessor(ProcessorMixin):
         text = check_captions(text)
         encoder = self._fast_encoder()
         if encoder is not None:  # the same padding and truncation, without the wrapper's per-call set-up
-            ids, mask = encode_captions(encoder, text, self.tokenizer.pad_token_id)
+            ids, mask = encode_captions(encoder, text)
         else:
             encoded = self.tokenizer(text, padding="longest", truncation=True, max_length=self.max_length,
                                      return_tensors="np")

@@ -33,13 +33,14 @@ def check_captions(text) -> list[str]:
     return text
 
 
-def encode_captions(encoder: Tokenizer, captions: Sequence[str], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Captions -> ``input_ids`` and ``attention_mask``, (B, T) int64, with :func:`batch_encoder`'s encoder."""
+def encode_captions(encoder: Tokenizer, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Captions -> ``input_ids`` and ``attention_mask``, (B, T) int64, with :func:`batch_encoder`'s encoder (its
+    padding gives the pad id: cheaper than a ``transformers`` tokenizer's ``pad_token_id``)."""
     # One caption: encode, which skips the batch's hand-off to the thread pool (the same ids and mask).
     rows = [encoder.encode(captions[0])] if len(captions) == 1 else encoder.encode_batch(list(captions))
     ids = np.array([row.ids for row in rows], dtype=np.int64).reshape(len(rows), -1)
     mask = np.array([row.attention_mask for row in rows], dtype=np.int64).reshape(len(rows), -1)
-    return blank_captions_masked(captions, ids, mask, pad_id)
+    return blank_captions_masked(captions, ids, mask, encoder.padding["pad_id"])
 
 
 def blank_captions_masked(captions: Sequence[str], ids: np.ndarray, mask: np.ndarray, pad_id: int

@@ -172,6 +172,8 @@ def test_tokenize_pads_and_truncates_exactly_like_the_tokenizer_call():
         assert got["input_ids"].shape == (len(batch), width)
         for key in ("input_ids", "attention_mask"):
             assert torch.equal(got[key][:, : expected[key].shape[1]], expected[key]), (batch, key)
+    blank = processor.tokenize(["", " "])  # the one position of an all-blank batch: padding, not attended
+    assert blank["input_ids"].tolist() == [[tokenizer.pad_token_id]] * 2 and not blank["attention_mask"].any()
     # A tokenizer swapped in afterwards is the one that encodes.
     processor.tokenizer = build_tokenizer(["zebra crossing"] * 2, min_frequency=1)
     assert torch.equal(processor.tokenize(["zebra crossing"])["input_ids"],
