@@ -420,11 +420,10 @@ class MultiModalClassifier(PreTrainedModel):
         logits, config = logits.float(), self.config  # each config read goes through transformers' lookup
         temperatures = config.calibration_temperatures if calibrated else None
         biases = config.calibration_biases if calibrated else None
-        # torch.as_tensor: the same float32 values as torch.tensor, and cheaper on a short list.
         if temperatures is not None:
-            logits = logits / torch.as_tensor(temperatures, device=logits.device)
+            logits = logits / torch.tensor(temperatures, device=logits.device)
         if biases is not None:
-            logits = logits + torch.as_tensor(biases, device=logits.device)
+            logits = logits + torch.tensor(biases, device=logits.device)
         return logits.softmax(dim=-1) if config.single_label else torch.sigmoid(logits)
 
     def _drop_modalities(self, image_embeds, text_embeds):

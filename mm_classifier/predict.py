@@ -111,7 +111,7 @@ class Predictor(BasePredictor):
             return self.model(**batch).logits.float()
 
     def probability_rows(self, images=None, captions=None):
-        return self.model.probabilities(self.predict_logits(images, captions)).numpy(force=True)  # from any device
+        return self.model.probabilities(self.predict_logits(images, captions)).cpu().numpy()
 
     def explain(self, photo=None, caption: str | None = None, concepts: Sequence[str] | str | None = None,
                 max_heatmap_side: int | None = None) -> Explanation:
