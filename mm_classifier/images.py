@@ -46,10 +46,9 @@ def load_image(image: ImageInput) -> Image.Image:
                 image = image.get("bytes") or image.get("path")
             if isinstance(image, (str, os.PathLike)):
                 name = str(image)
-                try:  # opening is the existence check: no stat first, one system call fewer a photo
-                    pil = Image.open(image)
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                    raise MMClassifierError(f"Image file {name} does not exist.") from None
+                if not os.path.isfile(image):  # also a folder, a pipe (open would block) or a name with a NUL
+                    raise MMClassifierError(f"Image file {name} does not exist.")
+                pil = Image.open(image)
             elif isinstance(image, (bytes, bytearray)):
                 pil = Image.open(io.BytesIO(image))
             elif isinstance(image, np.ndarray):

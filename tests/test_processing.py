@@ -1,5 +1,6 @@
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -55,10 +56,13 @@ def test_bad_images_raise_one_clear_error(tmp_path, monkeypatch):
     good = io.BytesIO()
     Image.new("RGB", (100, 100), "red").save(good, "JPEG")
     (tmp_path / "cut.jpg").write_bytes(good.getvalue()[:300])
+    os.mkfifo(tmp_path / "pipe.jpg")
     cases = [
         (tmp_path / "missing.jpg", "does not exist"),
         (tmp_path, "does not exist"),  # a folder
         (tmp_path / "text.jpg" / "photo.jpg", "does not exist"),  # under a file
+        (tmp_path / "pipe.jpg", "does not exist"),  # a named pipe: opening it would wait for a writer
+        (f"{tmp_path}/nul\0.jpg", "does not exist"),
         (tmp_path / "text.jpg", "not an image"),
         (tmp_path / "cut.jpg", "corrupt or truncated"),
         (Image.new("RGB", (1, 1)), "too small"),
